@@ -1,0 +1,35 @@
+"""Policies: map observation histories `(B, To, ...)` to action chunks `(B, T, Da)`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from diffusion_policy.core.checkpoint import load_json
+from diffusion_policy.policy.base import BasePolicy
+from diffusion_policy.policy.config import DiffusionPolicyConfig, PolicyConfig, RegressionPolicyConfig
+from diffusion_policy.policy.diffusion_policy import DiffusionPolicy
+from diffusion_policy.policy.regression_policy import RegressionPolicy
+
+POLICY_CLASSES: dict[str, type[BasePolicy]] = {cls.kind: cls for cls in (DiffusionPolicy, RegressionPolicy)}
+
+
+def load_policy(path: str | Path, device: str | torch.device = "cpu") -> BasePolicy:
+    """Load any saved policy directory (a checkpoint's `policy/` or a training run's export)."""
+    kind = load_json(Path(path) / "config.json").get("kind")
+    if kind not in POLICY_CLASSES:
+        raise ValueError(f"{path}: unknown policy kind {kind!r}; known kinds: {sorted(POLICY_CLASSES)}")
+    return POLICY_CLASSES[kind].load(path, device)
+
+
+__all__ = [
+    "BasePolicy",
+    "DiffusionPolicy",
+    "DiffusionPolicyConfig",
+    "PolicyConfig",
+    "POLICY_CLASSES",
+    "RegressionPolicy",
+    "RegressionPolicyConfig",
+    "load_policy",
+]

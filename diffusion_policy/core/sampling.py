@@ -1,0 +1,94 @@
+"""The one reverse-diffusion sampling loop, shared by policies and image baselines."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from diffusion_policy.core.schedulers import SchedulerLike
+
+Denoiser = Callable[[Tensor, Tensor], Tensor]
+"""``(x_t (B, ...), t 0-d tensor) -> model output (B, ...)`` (epsilon, x0 or v)."""
+
+
+def sample(
+    denoiser: Denoiser,
+    scheduler: SchedulerLike,
+    num_steps: int,
+    *,
+    shape: tuple[int, ...] | None = None,
+    noise: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    known: Tensor | None = None,
+    known_mask: Tensor | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> Tensor:
+    """Reverse diffusion: draw Gaussian noise, then apply ``scheduler.step`` at ``num_steps`` timesteps.
+
+    The update rule is the scheduler's: DDPM ancestral sampling, DDIM, DPM-Solver++, ... With
+    ``known``/``known_mask`` it does replacement-based inpainting (Song et al. 2021, "Score-Based
+    Generative Modeling through SDEs", app. I.2): before every denoiser call the known entries of
+    ``x_t`` are overwritten by ``known`` noised to the current step, and at the end by ``known`` itself.
+
+    Args:
+        denoiser: ``(x_t (B, ...), t) -> (B, ...)``; ``t`` is a 0-d integer tensor.
+        scheduler: a diffusers-style scheduler (see :class:`SchedulerLike`).
+        num_steps: number of denoising steps, >= 1.
+        shape: ``(B, ...)`` of the sample, whose initial noise is drawn from ``generator``.
+            Exclusive with ``noise``.
+        noise: explicit initial noise ``(B, ...)``. Exclusive with ``shape``.
+        generator: source of all randomness (initial noise, stochastic steps, inpainting noise).
+        known: values ``(B, ...)`` to impose where ``known_mask`` is True.
+        known_mask: bool ``(B, ...)``, same shape as the sample.
+        device, dtype: of the initial noise drawn from ``shape`` (default: CPU, float32);
+            unused with ``noise``.
+
+    Returns:
+        The sample ``x_0`` ``(B, ...)``.
+    """
+    if num_steps < 1:
+        raise ValueError(f"{num_steps=} must be >= 1")
+    if (shape is None) == (noise is None):
+        raise ValueError(f"pass exactly one of shape={shape} and noise (given: {noise is not None})")
+    x = noise if noise is not None else torch.randn(shape, generator=generator, device=device, dtype=dtype)
+    _check_known(x, known, known_mask)
+
+    scheduler.set_timesteps(num_steps)
+    for t in scheduler.timesteps:
+        if known_mask is not None:
+            x = _impose_known(scheduler, x, known, known_mask, t, generator)
+        out = denoiser(x, t)
+        x = scheduler.step(out, t, x, generator=generator).prev_sample
+    if known_mask is not None:
+        x = torch.where(known_mask, known, x)
+    return x
+
+
+def _impose_known(
+    scheduler: SchedulerLike,
+    x: Tensor,
+    known: Tensor,
+    mask: Tensor,
+    t: Tensor,
+    generator: torch.Generator | None,
+) -> Tensor:
+    eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    noised = scheduler.add_noise(known, eps, t.reshape(1).expand(x.shape[0]))
+    return torch.where(mask, noised, x)
+
+
+def _check_known(x: Tensor, known: Tensor | None, known_mask: Tensor | None) -> None:
+    if (known is None) != (known_mask is None):
+        raise ValueError("known and known_mask must be given together")
+    if known is None or known_mask is None:
+        return
+    if known.shape != x.shape or known_mask.shape != x.shape:
+        raise ValueError(
+            f"known {tuple(known.shape)} and known_mask {tuple(known_mask.shape)} "
+            f"must match the sample shape {tuple(x.shape)}"
+        )
+    if known_mask.dtype != torch.bool:
+        raise TypeError(f"known_mask must be bool, got {known_mask.dtype}")

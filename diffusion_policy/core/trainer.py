@@ -1,0 +1,349 @@
+"""The generic trainer shared by policies and image baselines.
+
+It knows nothing about robots or images: it trains any `nn.Module` with a `compute_loss(batch)`
+method on any map-style dataset, with AdamW, cosine learning rate with warm-up, gradient clipping,
+EMA, bf16 autocast on GPU, periodic validation, callbacks, atomic checkpoints and exact resume.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from diffusion_policy.core.checkpoint import (
+    atomic_directory,
+    load_tensors,
+    load_torch,
+    save_tensors,
+    save_torch,
+)
+from diffusion_policy.core.ema import EMA, EMAConfig
+from diffusion_policy.core.resumable_sampler import ResumableRandomSampler
+from diffusion_policy.core.run_logger import RunLogger, WandbConfig
+
+MIXED_PRECISION = ("auto", "no", "bf16")
+
+
+@runtime_checkable
+class Trainable(Protocol):
+    """What the trainer needs of a model: a scalar loss for a batch (the batch is on the model's device)."""
+
+    def compute_loss(self, batch: Any) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class Exportable(Protocol):
+    """A model that can write itself as a self-contained artifact (e.g. a policy directory)."""
+
+    def save(self, path: str | Path) -> None: ...
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 10_000
+    batch_size: int = 256
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.95, 0.999)
+    weight_decay: float = 1e-6
+    warmup_steps: int = 500
+    grad_clip_norm: float | None = 10.0
+    use_ema: bool = True
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    mixed_precision: str = "auto"
+    device: str = "auto"
+    num_workers: int = 0
+    val_every: int = 1000
+    val_batches: int = 8
+    log_every: int = 50
+    checkpoint_every: int = 5000
+    keep_checkpoints: int = 2
+    seed: int = 42
+    progress: bool = True
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "batch_size", "val_every", "log_every", "checkpoint_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.lr <= 0:
+            raise ValueError(f"lr={self.lr} must be > 0")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps={self.warmup_steps} must be >= 0")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(f"mixed_precision={self.mixed_precision!r} is not one of {MIXED_PRECISION}")
+        self.betas = tuple(self.betas)
+
+
+class Callback:
+    """Hooks called by the trainer; override what you need. Returned dicts are logged as metrics."""
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        return None
+
+    def on_step_end(self, trainer: Trainer) -> dict[str, float] | None:
+        return None
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        return None
+
+
+def cosine_with_warmup(warmup_steps: int, total_steps: int):
+    """LR multiplier: linear 0 -> 1 over `warmup_steps`, then half a cosine down to 0 at `total_steps`."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def resolve_device(device: str) -> torch.device:
+    """`auto` picks CUDA when available, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def move_to(batch: Any, device: torch.device) -> Any:
+    """Move every tensor of a nested dict/list batch to `device`."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, Mapping):
+        return {k: move_to(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(move_to(v, device) for v in batch)
+    return batch
+
+
+class Trainer:
+    """Trains `model` on `train_dataset`; `fit()` runs to `config.max_steps` (resuming if asked).
+
+    Run directory layout: `metrics.jsonl`, `checkpoints/step_XXXXXXXX/` (`model.safetensors`,
+    `ema.safetensors`, `train_state.pt`, and `policy/` when the model is `Exportable`),
+    `checkpoints/latest` naming the newest complete checkpoint.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train_dataset: Dataset,
+        config: TrainerConfig,
+        run_dir: str | Path,
+        val_dataset: Dataset | None = None,
+        callbacks: Sequence[Callback] = (),
+        log_config: dict[str, Any] | None = None,
+    ):
+        if not isinstance(model, Trainable):
+            raise TypeError(f"{type(model).__name__} has no compute_loss(batch) method")
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.device = resolve_device(config.device)
+        self.model = model.to(self.device)
+        self.callbacks = list(callbacks)
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.last_metrics: dict[str, float] = {}
+        self.ema = EMA(self.model, config.ema) if config.use_ema else None
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
+        )
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, cosine_with_warmup(config.warmup_steps, config.max_steps)
+        )
+        self.sampler = ResumableRandomSampler(len(train_dataset), seed=config.seed)
+        self.loader_generator = torch.Generator()
+        self.loader = self._loader(train_dataset, self.sampler)
+        self.batches_per_epoch = len(self.loader)
+        self.val_loader = None if val_dataset is None or len(val_dataset) == 0 else self._loader(val_dataset)
+        self.logger = RunLogger(self.run_dir, config.wandb, log_config)
+        torch.manual_seed(config.seed)
+        np.random.seed(config.seed)
+        random.seed(config.seed)
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights to evaluate and deploy: the EMA copy when EMA is on."""
+        return self.ema.model if self.ema is not None else self.model
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    def _loader(self, dataset: Dataset, sampler: ResumableRandomSampler | None = None) -> DataLoader:
+        n, bs = len(dataset), self.config.batch_size
+        return DataLoader(
+            dataset,
+            batch_size=bs,
+            sampler=sampler,
+            shuffle=False,
+            drop_last=sampler is not None and n >= bs,
+            num_workers=self.config.num_workers,
+            pin_memory=self.device.type == "cuda",
+            generator=self.loader_generator,
+        )
+
+    def _autocast(self) -> torch.autocast:
+        mode = self.config.mixed_precision
+        enabled = mode == "bf16" or (mode == "auto" and self.device.type == "cuda")
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    def train_step(self, batch: Any) -> float:
+        """One optimisation step on `batch`; returns the loss."""
+        self.model.train()
+        with self._autocast():
+            loss = self.model.compute_loss(move_to(batch, self.device))
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training loss is {loss.item()} at step {self.step}")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.grad_clip_norm is not None:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip_norm)
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        return loss.item()
+
+    @torch.no_grad()
+    def validation_loss(self) -> float | None:
+        """Mean loss of the evaluation weights over up to `val_batches` validation batches.
+
+        The noise and timesteps are drawn from a fixed seed inside a forked RNG, so the number is
+        comparable across steps and does not perturb the training RNG stream.
+        """
+        if self.val_loader is None:
+            return None
+        model = self.eval_model
+        model.eval()
+        losses = []
+        with torch.random.fork_rng(devices=[]), self._autocast():
+            torch.manual_seed(self.config.seed)
+            for i, batch in enumerate(self.val_loader):
+                if i >= self.config.val_batches:
+                    break
+                losses.append(model.compute_loss(move_to(batch, self.device)).item())
+        return float(np.mean(losses))
+
+    def fit(self) -> dict[str, float]:
+        """Train until `config.max_steps`; returns the last logged metrics."""
+        cfg = self.config
+        for callback in self.callbacks:
+            callback.on_train_start(self)
+        bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not cfg.progress, desc="train", unit="step")
+        try:
+            while self.step < cfg.max_steps:
+                if self.batch_in_epoch >= self.batches_per_epoch:
+                    self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+                self.sampler.set_epoch(self.epoch, self.batch_in_epoch * cfg.batch_size)
+                # Worker seeds come from this generator: tie them to the epoch, not to the global RNG.
+                self.loader_generator.manual_seed(cfg.seed * 1_000_003 + self.epoch)
+                for batch in self.loader:
+                    loss = self.train_step(batch)
+                    self.step += 1
+                    self.batch_in_epoch += 1
+                    self._after_step(loss, bar)
+                    if self.step >= cfg.max_steps:
+                        break
+                else:
+                    self.epoch += 1
+                    self.batch_in_epoch = 0
+            if not (self.checkpoint_dir / f"step_{self.step:08d}").exists():
+                self.save_checkpoint()
+            for callback in self.callbacks:
+                callback.on_train_end(self)
+        finally:
+            bar.close()
+            self.logger.close()
+        return self.last_metrics
+
+    def _after_step(self, loss: float, bar: tqdm) -> None:
+        cfg = self.config
+        metrics: dict[str, float] = {}
+        if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+            metrics.update(loss=loss, lr=self.lr_scheduler.get_last_lr()[0], epoch=self.epoch)
+        if self.step % cfg.val_every == 0 or self.step == cfg.max_steps:
+            val = self.validation_loss()
+            if val is not None:
+                metrics["val_loss"] = val
+        for callback in self.callbacks:
+            metrics.update(callback.on_step_end(self) or {})
+        if metrics:
+            self.logger.log(metrics, self.step)
+            self.last_metrics.update(metrics)
+            bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items() if k in ("loss", "val_loss")})
+        if self.step % cfg.checkpoint_every == 0:
+            self.save_checkpoint()
+        bar.update(1)
+
+    def _training_state(self) -> dict[str, Any]:
+        np_state = np.random.get_state()
+        return {
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": self.lr_scheduler.state_dict(),
+            "rng_torch": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "rng_numpy": (np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]),
+            "rng_python": random.getstate(),
+        }
+
+    def save_checkpoint(self) -> Path:
+        """Write the complete training state to `checkpoints/step_XXXXXXXX/` atomically."""
+        target = self.checkpoint_dir / f"step_{self.step:08d}"
+        with atomic_directory(target) as tmp:
+            save_tensors(self.model.state_dict(), tmp / "model.safetensors")
+            if self.ema is not None:
+                save_tensors(self.ema.state_dict(), tmp / "ema.safetensors")
+            save_torch(self._training_state(), tmp / "train_state.pt")
+            if isinstance(self.eval_model, Exportable):
+                self.eval_model.save(tmp / "policy")
+        (self.checkpoint_dir / "latest.tmp").write_text(target.name + "\n")
+        (self.checkpoint_dir / "latest.tmp").replace(self.checkpoint_dir / "latest")
+        self._prune_checkpoints()
+        return target
+
+    def _prune_checkpoints(self) -> None:
+        done = sorted(p for p in self.checkpoint_dir.glob("step_*") if p.is_dir())
+        for old in done[: -self.config.keep_checkpoints]:
+            shutil.rmtree(old)
+
+    def latest_checkpoint(self) -> Path | None:
+        """The newest complete checkpoint of this run directory, if any."""
+        pointer = self.checkpoint_dir / "latest"
+        return self.checkpoint_dir / pointer.read_text().strip() if pointer.is_file() else None
+
+    def resume(self, checkpoint: str | Path | None = None) -> bool:
+        """Restore weights, EMA, optimizer, LR schedule, RNG and position; False if nothing to resume."""
+        path = Path(checkpoint) if checkpoint is not None else self.latest_checkpoint()
+        if path is None:
+            return False
+        self.model.load_state_dict(load_tensors(path / "model.safetensors", self.device))
+        if self.ema is not None:
+            self.ema.load_state_dict(load_tensors(path / "ema.safetensors", self.device))
+        state = load_torch(path / "train_state.pt")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        torch.set_rng_state(state["rng_torch"])
+        if state["rng_cuda"]:
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        name, keys, *rest = state["rng_numpy"]
+        np.random.set_state((name, keys.numpy(), *rest))
+        random.setstate(state["rng_python"])
+        return True

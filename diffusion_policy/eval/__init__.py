@@ -1,0 +1,1 @@
+"""Evaluation: sampling studies and (later) closed-loop rollouts."""

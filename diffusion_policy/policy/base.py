@@ -1,0 +1,154 @@
+"""What every policy shares: observation checks, normalisation, chunk slicing and save/load.
+
+A policy directory is self-contained: `config.json` (kind + typed config), `model.safetensors`
+(network weights) and `normalizer.safetensors` (normaliser statistics). It acts without any
+training config file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from diffusion_policy.config_utils import from_dict, to_dict
+from diffusion_policy.core.checkpoint import atomic_directory, load_json, load_tensors, save_json, save_tensors
+from diffusion_policy.data.normalizer import Normalizer
+from diffusion_policy.models.lowdim_encoder import LowDimObsEncoder
+from diffusion_policy.policy.config import PolicyConfig
+
+FORMAT_VERSION = 1
+ObsLike = Mapping[str, torch.Tensor | np.ndarray]
+
+
+class BasePolicy(nn.Module):
+    """Subclasses set `kind` and `config_class` and implement `compute_loss` and `sample_chunk`."""
+
+    kind: ClassVar[str]
+    config_class: ClassVar[type[PolicyConfig]]
+
+    def __init__(self, config: PolicyConfig, normalizer: Normalizer):
+        super().__init__()
+        missing = [k for k in [*config.obs_shapes, "action"] if k not in normalizer.keys]
+        if missing:
+            raise KeyError(f"normalizer has no statistics for {missing}; it knows {normalizer.keys}")
+        self.config = config
+        self.normalizer = normalizer
+        self.obs_encoder = LowDimObsEncoder(config.obs_shapes, config.n_obs_steps)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    # --- to implement -------------------------------------------------------------------------
+    def compute_loss(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        """batch `{"obs": {key: (B, To, ...)}, "action": (B, T, Da)}` (raw units) -> scalar loss."""
+        raise NotImplementedError
+
+    def sample_chunk(
+        self, cond: torch.Tensor, generator: torch.Generator | None, noise: torch.Tensor | None
+    ) -> torch.Tensor:
+        """cond `(B, Dc)` -> normalised action chunk `(B, T, Da)`."""
+        raise NotImplementedError
+
+    # --- shared behaviour ---------------------------------------------------------------------
+    def reset(self) -> None:
+        """Clear per-episode state (none for these policies; kept for the evaluator's interface)."""
+
+    def condition(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Raw obs `{key: (B, To, *shape)}` -> global condition `(B, Dc)`."""
+        return self.obs_encoder({k: self.normalizer.normalize(k, obs[k]) for k in self.config.obs_shapes})
+
+    @torch.no_grad()
+    def predict_action(
+        self,
+        obs: ObsLike,
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """obs `{key: (B, To, *shape)}` -> `{"action": (B, Ta, Da), "action_pred": (B, T, Da)}` in raw units.
+
+        `generator` and/or `noise` `(B, T, Da)` make sampling reproducible.
+        """
+        obs = validate_obs(obs, self.config.obs_shapes, self.config.n_obs_steps, self.device)
+        chunk = self.sample_chunk(self.condition(obs), generator, noise)
+        action_pred = self.normalizer.unnormalize("action", chunk)
+        start = self.config.n_obs_steps - 1
+        return {"action": action_pred[:, start : start + self.config.n_action_steps], "action_pred": action_pred}
+
+    def save(self, path: str | Path) -> None:
+        """Write the self-contained policy directory atomically."""
+        weights = {k: v for k, v in self.state_dict().items() if not k.startswith("normalizer.")}
+        with atomic_directory(path) as tmp:
+            save_tensors(weights, tmp / "model.safetensors")
+            save_tensors(self.normalizer.state_dict(), tmp / "normalizer.safetensors")
+            save_json({"kind": self.kind, "format_version": FORMAT_VERSION, "config": to_dict(self.config)},
+                      tmp / "config.json")
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> BasePolicy:
+        """Rebuild a policy from a directory written by `save`."""
+        path = Path(path)
+        meta = load_json(path / "config.json")
+        if meta.get("kind") != cls.kind:
+            raise ValueError(f"{path} holds a {meta.get('kind')!r} policy, not {cls.kind!r}")
+        config = from_dict(cls.config_class, meta["config"])
+        normalizer = Normalizer.from_state_dict(load_tensors(path / "normalizer.safetensors"))
+        policy = cls(config, normalizer)
+        policy.load_weights(path, check_config=False)
+        return policy.to(device).eval()
+
+    def load_weights(self, path: str | Path, check_config: bool = True) -> None:
+        """Load weights and normaliser from a policy directory into this policy.
+
+        Raises ValueError naming every config field that differs, or the tensors that do not fit.
+        """
+        path = Path(path)
+        if check_config:
+            stored = load_json(path / "config.json")["config"]
+            ours = to_dict(self.config)
+            diff = [f"{k}: checkpoint {stored.get(k)!r} vs policy {ours.get(k)!r}"
+                    for k in sorted(set(stored) | set(ours)) if stored.get(k) != ours.get(k)]
+            if diff:
+                raise ValueError(f"checkpoint {path} does not match this policy's config: " + "; ".join(diff))
+        state = load_tensors(path / "model.safetensors", self.device)
+        state.update({f"normalizer.{k}": v for k, v in load_tensors(path / "normalizer.safetensors").items()})
+        try:
+            self.load_state_dict(state)
+        except RuntimeError as err:
+            raise ValueError(f"weights in {path} do not fit this policy: {err}") from err
+
+
+def validate_obs(
+    obs: ObsLike, obs_shapes: Mapping[str, tuple[int, ...]], n_obs_steps: int, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """Check keys, shapes `(B, To, *shape)`, dtypes and finiteness; return float32 tensors on `device`."""
+    if not isinstance(obs, Mapping):
+        raise TypeError(f"obs must be a dict of arrays, got {type(obs).__name__}")
+    out: dict[str, torch.Tensor] = {}
+    batch = None
+    for key, shape in obs_shapes.items():
+        if key not in obs:
+            raise KeyError(f"observation key {key!r} is missing; got keys {sorted(obs)}")
+        raw = obs[key]
+        # torch cannot wrap read-only numpy memory (e.g. np.broadcast_to views) without a copy.
+        value = torch.as_tensor(np.array(raw) if isinstance(raw, np.ndarray) and not raw.flags.writeable else raw)
+        if value.dtype == torch.bool or value.is_complex() or not (value.is_floating_point() or _is_int(value)):
+            raise TypeError(f"observation {key!r} has dtype {value.dtype}; expected a real number type")
+        expected = (batch if batch is not None else value.shape[0] if value.ndim else None, n_obs_steps, *shape)
+        if tuple(value.shape) != expected:
+            raise ValueError(f"observation {key!r} has shape {tuple(value.shape)}; expected (B, To, ...) = {expected}")
+        batch = value.shape[0]
+        value = value.to(device=device, dtype=torch.float32)
+        if not torch.isfinite(value).all():
+            raise ValueError(f"observation {key!r} contains NaN or inf")
+        out[key] = value
+    return out
+
+
+def _is_int(value: torch.Tensor) -> bool:
+    return value.dtype in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)

@@ -1,0 +1,84 @@
+"""Typed policy configs, validated on construction; saved as JSON next to the weights."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from diffusion_policy.core.schedulers import SCHEDULER_NAMES, SchedulerConfig
+from diffusion_policy.models.unet1d import UNet1DConfig
+
+NORMALIZER_MODES = ("limits", "gaussian")
+
+
+@dataclass
+class PolicyConfig:
+    """What every policy shares: its observation keys and the chunking of actions in time.
+
+    `obs_shapes` maps each observation key to its per-step shape; the policy sees `(B, To, *shape)`.
+    A predicted chunk is `(B, horizon, action_dim)`; the executed slice is
+    `[n_obs_steps - 1 : n_obs_steps - 1 + n_action_steps]`.
+    """
+
+    obs_shapes: dict[str, tuple[int, ...]]
+    action_dim: int
+    horizon: int = 16
+    n_obs_steps: int = 2
+    n_action_steps: int = 8
+    normalizer_mode: str = "limits"
+
+    def __post_init__(self) -> None:
+        if not self.obs_shapes:
+            raise ValueError(f"obs_shapes={self.obs_shapes} must name at least one observation key")
+        self.obs_shapes = {str(k): tuple(int(d) for d in v) for k, v in self.obs_shapes.items()}
+        for key, shape in self.obs_shapes.items():
+            if "." in key or not shape or min(shape) < 1:
+                raise ValueError(f"observation key {key!r} with shape {shape} is invalid")
+        for name in ("action_dim", "horizon", "n_obs_steps", "n_action_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.n_obs_steps - 1 + self.n_action_steps > self.horizon:
+            raise ValueError(
+                f"n_obs_steps - 1 + n_action_steps = {self.n_obs_steps - 1 + self.n_action_steps} "
+                f"exceeds {self.horizon=}: the executed actions must lie inside the predicted chunk"
+            )
+        if self.normalizer_mode not in NORMALIZER_MODES:
+            raise ValueError(f"normalizer_mode={self.normalizer_mode!r} is not one of {NORMALIZER_MODES}")
+
+
+@dataclass
+class DiffusionPolicyConfig(PolicyConfig):
+    """A conditional 1-D U-Net denoising action chunks; trained with DDPM, sampled with any scheduler."""
+
+    network: UNet1DConfig = field(default_factory=UNet1DConfig)
+    noise_scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    inference_scheduler: str = "ddim"
+    num_inference_steps: int = 10
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        multiple = 2 ** (len(self.network.down_dims) - 1)
+        if self.horizon % multiple:
+            raise ValueError(
+                f"horizon={self.horizon} must be divisible by 2**(len(down_dims)-1) = {multiple} "
+                f"(down_dims={list(self.network.down_dims)})"
+            )
+        if self.inference_scheduler not in SCHEDULER_NAMES:
+            raise ValueError(f"inference_scheduler={self.inference_scheduler!r} is not one of {SCHEDULER_NAMES}")
+        if not 1 <= self.num_inference_steps <= self.noise_scheduler.num_train_timesteps:
+            raise ValueError(
+                f"num_inference_steps={self.num_inference_steps} must be in "
+                f"[1, num_train_timesteps={self.noise_scheduler.num_train_timesteps}]"
+            )
+
+
+@dataclass
+class RegressionPolicyConfig(PolicyConfig):
+    """The MSE baseline: an MLP from the observation condition straight to the action chunk."""
+
+    hidden_dims: tuple[int, ...] = (512, 512, 512)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.hidden_dims = tuple(self.hidden_dims)
+        if not self.hidden_dims or min(self.hidden_dims) < 1:
+            raise ValueError(f"hidden_dims={self.hidden_dims} must be non-empty and positive")

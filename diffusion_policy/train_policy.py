@@ -1,0 +1,97 @@
+"""The policy-training workflow: task config + policy config + trainer config -> a saved policy.
+
+`scripts/train.py` feeds it hydra's composed config; tests and notebooks call it with plain dicts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from diffusion_policy.config_utils import from_dict, to_dict
+from diffusion_policy.core.trainer import Callback, Trainer, TrainerConfig
+from diffusion_policy.data.dataset import SequenceDataset
+from diffusion_policy.data.replay_buffer import ReplayBuffer
+from diffusion_policy.policy import POLICY_CLASSES, BasePolicy
+
+
+@dataclass
+class DatasetConfig:
+    path: str
+    obs_keys: tuple[str, ...]
+    action_key: str = "action"
+    val_ratio: float = 0.05
+    max_train_episodes: int | None = None
+    seed: int = 42
+
+
+@dataclass
+class TaskConfig:
+    name: str
+    dataset: DatasetConfig
+    env_id: str | None = None
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def build_dataset(task: TaskConfig, policy_cfg: Mapping[str, Any]) -> SequenceDataset:
+    """The training windows for `task`, shaped by the policy's horizon / To / Ta."""
+    path = Path(task.dataset.path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"dataset {path} does not exist; record one with scripts/generate_demos.py --env {task.env_id} --out {path}"
+        )
+    return SequenceDataset(
+        ReplayBuffer.open(path, mode="r"),
+        obs_keys=task.dataset.obs_keys,
+        action_key=task.dataset.action_key,
+        horizon=policy_cfg.get("horizon", 16),
+        n_obs_steps=policy_cfg.get("n_obs_steps", 2),
+        n_action_steps=policy_cfg.get("n_action_steps", 8),
+        val_ratio=task.dataset.val_ratio,
+        seed=task.dataset.seed,
+        max_train_episodes=task.dataset.max_train_episodes,
+    )
+
+
+def build_policy(policy_cfg: Mapping[str, Any], dataset: SequenceDataset) -> BasePolicy:
+    """A fresh policy of `policy_cfg["kind"]` whose shapes and normaliser come from `dataset`."""
+    options = dict(policy_cfg)
+    kind = options.pop("kind", None)
+    if kind not in POLICY_CLASSES:
+        raise ValueError(f"policy kind={kind!r} is not one of {sorted(POLICY_CLASSES)}")
+    cls = POLICY_CLASSES[kind]
+    options.update(obs_shapes=dataset.obs_shapes, action_dim=dataset.action_dim)
+    config = from_dict(cls.config_class, options)
+    return cls(config, dataset.fit_normalizer(config.normalizer_mode))
+
+
+def train_policy(
+    task_cfg: Mapping[str, Any],
+    policy_cfg: Mapping[str, Any],
+    trainer_cfg: Mapping[str, Any],
+    run_dir: str | Path,
+    resume: bool = False,
+    callbacks: Sequence[Callback] = (),
+) -> Path:
+    """Train a policy and save its evaluation (EMA) weights to `<run_dir>/policy`; returns that path."""
+    task = from_dict(TaskConfig, task_cfg)
+    trainer_config = from_dict(TrainerConfig, trainer_cfg)
+    dataset = build_dataset(task, policy_cfg)
+    policy = build_policy(policy_cfg, dataset)
+    trainer = Trainer(
+        policy,
+        dataset,
+        trainer_config,
+        run_dir,
+        val_dataset=dataset.get_validation_dataset(),
+        callbacks=callbacks,
+        log_config={"task": to_dict(task), "policy": dict(policy_cfg), "training": to_dict(trainer_config)},
+    )
+    if resume:
+        trainer.resume()
+    trainer.fit()
+    out = Path(run_dir) / "policy"
+    trainer.eval_model.save(out)
+    return out

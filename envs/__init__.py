@@ -1,0 +1,21 @@
+"""Gymnasium environments of the project; importing this package registers their ids.
+
+Entry points are import strings so that `import envs` stays cheap: an environment's module (and
+its heavy dependencies, such as MuJoCo) is only imported when `gymnasium.make` builds it.
+"""
+
+from __future__ import annotations
+
+import gymnasium
+
+OBSTACLE_AVOID_ID = "diffusion_policy/ObstacleAvoid-v0"
+
+
+def _register(env_id: str, entry_point: str, max_episode_steps: int) -> None:
+    # Skipping known ids keeps re-imports (importlib.reload, spawned workers) free of
+    # gymnasium's "overriding environment" warning.
+    if env_id not in gymnasium.registry:
+        gymnasium.register(id=env_id, entry_point=entry_point, max_episode_steps=max_episode_steps)
+
+
+_register(OBSTACLE_AVOID_ID, "envs.obstacle_avoid:ObstacleAvoidEnv", max_episode_steps=100)

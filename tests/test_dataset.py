@@ -1,0 +1,136 @@
+"""SequenceDataset: item shapes/dtypes, padding, train/val split, normalizer on train only, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from diffusion_policy.data.dataset import SequenceDataset
+from diffusion_policy.data.replay_buffer import ReplayBuffer
+
+LENGTHS = (12, 7, 10, 9, 15, 8)
+
+
+def make_buffer(extreme_episode: int | None = None) -> ReplayBuffer:
+    """Episodes whose state row t of episode e is (e, t); action = 10 * state (+ extremes in one episode)."""
+    buffer = ReplayBuffer.in_memory()
+    for e, length in enumerate(LENGTHS):
+        t = np.arange(length)
+        state = np.stack([np.full(length, e), t], axis=1).astype(np.float32)
+        action = 10 * state
+        if e == extreme_episode:
+            action = action + 1000.0
+        image = np.broadcast_to(t[:, None, None, None], (length, 4, 4, 3)).astype(np.uint8)
+        buffer.add_episode({"state": state, "act": action, "image": image})
+    return buffer
+
+
+def make_dataset(buffer: ReplayBuffer, **kwargs) -> SequenceDataset:
+    params = dict(obs_keys=["state", "image"], action_key="act", horizon=8, n_obs_steps=2, n_action_steps=4)
+    return SequenceDataset(buffer, **{**params, **kwargs})
+
+
+def test_item_shapes_dtypes_and_padding() -> None:
+    dataset = make_dataset(make_buffer())
+    assert dataset.obs_shapes == {"state": (2,), "image": (4, 4, 3)} and dataset.action_dim == 2
+    # windows per episode: L - 8 + (2 - 1) + (4 - 1) + 1 = L - 3
+    assert len(dataset) == sum(length - 3 for length in LENGTHS)
+    item = dataset[0]
+    assert set(item) == {"obs", "action"} and set(item["obs"]) == {"state", "image"}
+    assert item["obs"]["state"].shape == (2, 2) and item["obs"]["image"].shape == (2, 4, 4, 3)
+    assert item["action"].shape == (8, 2)
+    assert all(x.dtype == torch.float32 for x in [*item["obs"].values(), item["action"]])
+    # first window starts one step before the episode: its first frame repeats step 0
+    torch.testing.assert_close(item["obs"]["state"], torch.tensor([[0.0, 0.0], [0.0, 0.0]]))
+    torch.testing.assert_close(item["action"][:, 1], torch.tensor([0.0, 0, 10, 20, 30, 40, 50, 60]))
+    assert item["obs"]["image"][1].max() == 0.0
+    # last window of episode 0 runs 3 steps past its end: the last frame repeats
+    last = dataset[LENGTHS[0] - 4]
+    torch.testing.assert_close(last["action"][:, 1], torch.tensor([70.0, 80, 90, 100, 110, 110, 110, 110]))
+    torch.testing.assert_close(last["obs"]["image"][:, 0, 0, 0], torch.tensor([7.0, 8.0]))
+
+
+def test_zarr_backed_matches_in_memory(tmp_path: Path) -> None:
+    memory = make_buffer()
+    disk = ReplayBuffer.create(tmp_path / "buf.zarr")
+    for i in range(memory.n_episodes):
+        disk.add_episode(memory.get_episode(i))
+    lazy = make_dataset(ReplayBuffer.open(tmp_path / "buf.zarr"), in_memory=False)
+    eager = make_dataset(ReplayBuffer.open(tmp_path / "buf.zarr"))
+    for i in (0, 5, len(eager) - 1):
+        a, b = lazy[i], eager[i]
+        torch.testing.assert_close(a["action"], b["action"])
+        torch.testing.assert_close(a["obs"]["image"], b["obs"]["image"])
+
+
+def test_validation_split_is_disjoint() -> None:
+    dataset = make_dataset(make_buffer(), val_ratio=0.34, seed=0)
+    val = dataset.get_validation_dataset()
+    assert len(dataset.val_episodes) == 2 and len(dataset.train_episodes) == 4
+    assert not set(dataset.train_episodes) & set(dataset.val_episodes)
+    np.testing.assert_array_equal(val.val_episodes, dataset.val_episodes)
+
+    def episodes_seen(ds: SequenceDataset) -> set[int]:
+        return {int(ds[i]["obs"]["state"][0, 0]) for i in range(len(ds))}
+
+    assert episodes_seen(dataset) == set(dataset.train_episodes.tolist())
+    assert episodes_seen(val) == set(dataset.val_episodes.tolist())
+    assert len(val) == sum(LENGTHS[e] - 3 for e in dataset.val_episodes)
+
+    capped = make_dataset(make_buffer(), val_ratio=0.34, seed=0, max_train_episodes=1)
+    assert len(capped.train_episodes) == 1 and set(capped.train_episodes) <= set(dataset.train_episodes)
+
+
+def test_fit_normalizer_uses_train_episodes_only() -> None:
+    dataset = make_dataset(make_buffer(), val_ratio=0.2, seed=1)
+    (val_episode,) = dataset.val_episodes
+    dataset = make_dataset(make_buffer(extreme_episode=int(val_episode)), val_ratio=0.2, seed=1)
+    norm = dataset.fit_normalizer()
+    assert norm.keys == ["action", "image", "state"]
+    train = dataset.train_episodes
+    assert norm.params["action"].max[1].item() == 10.0 * (max(LENGTHS[e] for e in train) - 1)
+    assert norm.params["action"].min.tolist() == [10.0 * train.min(), 0.0]
+    assert norm.params["state"].max[0].item() == train.max()
+    gaussian = dataset.fit_normalizer(mode="gaussian")
+    assert gaussian.params["action"].max[0].item() < 1000.0
+
+
+def test_errors() -> None:
+    buffer = make_buffer()
+    with pytest.raises(KeyError, match=r"'pos'.*\['act', 'image', 'state'\]"):
+        make_dataset(buffer, obs_keys=["pos"])
+    with pytest.raises(KeyError, match="'action'"):
+        make_dataset(buffer, action_key="action")
+    with pytest.raises(ValueError, match=r"'image'.*\(N, Da\)"):
+        make_dataset(buffer, action_key="image")
+    with pytest.raises(ValueError, match="n_obs_steps=3.*horizon=2"):
+        make_dataset(buffer, horizon=2, n_obs_steps=3)
+    with pytest.raises(ValueError, match="n_obs_steps=0"):
+        make_dataset(buffer, n_obs_steps=0)
+    with pytest.raises(ValueError, match="n_action_steps=9"):
+        make_dataset(buffer, n_action_steps=9)
+
+
+def test_non_finite_data_is_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "buf.zarr"
+    disk = ReplayBuffer.create(path)
+    buffer = make_buffer()
+    for i in range(buffer.n_episodes):
+        disk.add_episode(buffer.get_episode(i))
+    zarr.open_group(str(path), mode="r+")["data/state"][17, 1] = np.inf  # written behind the buffer's back
+    with pytest.raises(ValueError, match="'state'.*step 17"):
+        make_dataset(ReplayBuffer.open(path))
+
+
+def test_dataset_is_a_snapshot_of_the_buffer() -> None:
+    buffer = make_buffer()
+    dataset = make_dataset(buffer)
+    n_windows, norm = len(dataset), dataset.fit_normalizer()
+    extra = np.full((20, 2), 99.0, np.float32)
+    buffer.add_episode({"state": extra, "act": extra, "image": np.zeros((20, 4, 4, 3), np.uint8)})
+    assert len(dataset) == n_windows
+    torch.testing.assert_close(dataset.fit_normalizer().state_dict(), norm.state_dict())
