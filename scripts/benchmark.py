@@ -82,7 +82,7 @@ def run(quick: bool, device: torch.device) -> dict[str, dict[str, float]]:
     for size in (64, 256):
         batch = batch_of(dataset, size, device)
 
-        def step() -> None:
+        def step(batch: dict = batch) -> None:
             optimizer.zero_grad(set_to_none=True)
             policy.compute_loss(batch).backward()
             optimizer.step()

@@ -137,3 +137,10 @@ def test_wandb_offline_writes_locally(tmp_path, monkeypatch):
     trainer = make_trainer(tmp_path, max_steps=10, wandb=WandbConfig(mode="offline"))
     trainer.fit()
     assert list((tmp_path / "wandb").glob("offline-run-*"))
+
+
+def test_bf16_autocast_trains(tmp_path):
+    """The mixed-precision path (used on GPU by default) also runs on CPU when asked for."""
+    trainer = make_trainer(tmp_path, max_steps=60, mixed_precision="bf16")
+    first = trainer.validation_loss()
+    assert trainer.fit()["val_loss"] < first / 5

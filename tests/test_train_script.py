@@ -1,0 +1,61 @@
+"""scripts/train.py end to end: hydra composition, overrides, run directory, resume."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from diffusion_policy.data.recorder import record_episodes
+from diffusion_policy.data.replay_buffer import ReplayBuffer
+from diffusion_policy.policy import load_policy
+from envs import OBSTACLE_AVOID_ID
+from envs.experts import make_expert
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_train(*overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), *overrides],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def demos(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "demos.zarr"
+    record_episodes(OBSTACLE_AVOID_ID, lambda seed: make_expert(OBSTACLE_AVOID_ID, seed),
+                    ReplayBuffer.create(path), 6, progress=False)
+    return path
+
+
+def test_train_then_resume(demos, tmp_path):
+    common = ["policy=diffusion_unet_small", "training=demo", "policy.network.down_dims=[8,16]",
+              "policy.network.step_embed_dim=8", "policy.horizon=8", "policy.n_action_steps=4",
+              "training.batch_size=8", "training.checkpoint_every=2", "training.progress=false",
+              f"task.dataset.path={demos}", f"run_dir={tmp_path}"]
+    first = run_train(*common, "training.max_steps=3")
+    assert first.returncode == 0, first.stderr
+    assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step_00000003"
+    assert "down_dims:\n    - 8\n    - 16" in (tmp_path / "config.yaml").read_text()
+
+    second = run_train(*common, "training.max_steps=5", "resume=true")
+    assert second.returncode == 0, second.stderr
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps[-1] == 5 and 4 not in steps[:-1]  # continued from step 3, did not restart
+    policy = load_policy(tmp_path / "policy")
+    assert policy.config.network.down_dims == (8, 16) and policy.config.horizon == 8
+
+
+def test_unknown_option_is_named(demos, tmp_path):
+    result = run_train(f"task.dataset.path={demos}", f"run_dir={tmp_path}", "+training.lerning_rate=1")
+    assert result.returncode != 0
+    assert "lerning_rate" in result.stderr
+
+
+def test_missing_dataset_says_how_to_make_one(tmp_path):
+    result = run_train(f"task.dataset.path={tmp_path / 'none.zarr'}", f"run_dir={tmp_path}")
+    assert result.returncode != 0
+    assert "generate_demos.py" in result.stderr
