@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,14 @@ from diffusion_policy.config_utils import from_dict, to_dict
 from diffusion_policy.core.trainer import Callback, Trainer, TrainerConfig
 from diffusion_policy.data.dataset import SequenceDataset
 from diffusion_policy.data.replay_buffer import ReplayBuffer
-from diffusion_policy.policy import POLICY_CLASSES, BasePolicy
+from diffusion_policy.policy import POLICY_CLASSES, BasePolicy, PolicyConfig
+
+# The dataset's windows follow the policy's chunking; unset options take PolicyConfig's defaults.
+_CHUNKING_DEFAULTS = {
+    f.name: f.default
+    for f in dataclasses.fields(PolicyConfig)
+    if f.name in ("horizon", "n_obs_steps", "n_action_steps")
+}
 
 
 @dataclass
@@ -46,9 +54,7 @@ def build_dataset(task: TaskConfig, policy_cfg: Mapping[str, Any]) -> SequenceDa
         ReplayBuffer.open(path, mode="r"),
         obs_keys=task.dataset.obs_keys,
         action_key=task.dataset.action_key,
-        horizon=policy_cfg.get("horizon", 16),
-        n_obs_steps=policy_cfg.get("n_obs_steps", 2),
-        n_action_steps=policy_cfg.get("n_action_steps", 8),
+        **{name: policy_cfg.get(name, _CHUNKING_DEFAULTS[name]) for name in _CHUNKING_DEFAULTS},
         val_ratio=task.dataset.val_ratio,
         seed=task.dataset.seed,
         max_train_episodes=task.dataset.max_train_episodes,

@@ -20,10 +20,9 @@ import numpy as np
 from tqdm import tqdm
 
 import envs  # noqa: F401  registers the project's env ids here and in spawned workers
+from diffusion_policy.data.dataset import ACTION_KEY
 from diffusion_policy.data.replay_buffer import ReplayBuffer
 from envs.experts import Expert
-
-ACTION_KEY = "action"
 
 # Per-process state of a pool worker, built once by `_init_worker`.
 _worker_env: gym.Env | None = None
