@@ -1,7 +1,7 @@
 """Gymnasium environments of the project; importing this package registers their ids.
 
 Entry points are import strings so that `import envs` stays cheap: an environment's module (and
-its heavy dependencies, such as MuJoCo) is only imported when `gymnasium.make` builds it.
+its heavy dependencies, such as MuJoCo or pymunk) is only imported when `gymnasium.make` builds it.
 """
 
 from __future__ import annotations
@@ -9,6 +9,9 @@ from __future__ import annotations
 import gymnasium
 
 OBSTACLE_AVOID_ID = "diffusion_policy/ObstacleAvoid-v0"
+PUSHT_ID = "diffusion_policy/PushT-v0"
+PUSHT_PYMUNK_ID = "diffusion_policy/PushT-pymunk-v0"
+PUSHT_MAX_STEPS = 300
 
 
 def _register(env_id: str, entry_point: str, max_episode_steps: int) -> None:
@@ -19,3 +22,5 @@ def _register(env_id: str, entry_point: str, max_episode_steps: int) -> None:
 
 
 _register(OBSTACLE_AVOID_ID, "envs.obstacle_avoid:ObstacleAvoidEnv", max_episode_steps=100)
+_register(PUSHT_ID, "envs.pusht:PushTEnv", max_episode_steps=PUSHT_MAX_STEPS)
+_register(PUSHT_PYMUNK_ID, "envs.pusht_pymunk:PymunkPushTEnv", max_episode_steps=PUSHT_MAX_STEPS)

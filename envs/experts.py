@@ -8,8 +8,9 @@ from typing import Protocol
 import gymnasium as gym
 import numpy as np
 
-from envs import OBSTACLE_AVOID_ID
+from envs import OBSTACLE_AVOID_ID, PUSHT_ID, PUSHT_PYMUNK_ID
 from envs.obstacle_expert import ObstacleAvoidExpert
+from envs.pusht_expert import PushTExpert
 
 
 class Expert(Protocol):
@@ -28,6 +29,8 @@ class Expert(Protocol):
 
 EXPERT_FACTORIES: dict[str, Callable[[int | None], Expert]] = {
     OBSTACLE_AVOID_ID: ObstacleAvoidExpert,
+    PUSHT_ID: PushTExpert,
+    PUSHT_PYMUNK_ID: PushTExpert,
 }
 
 
