@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 RUN := runs/demo
 
-.PHONY: setup demo test test-slow bench clean
+.PHONY: setup demo demo-multimodal test test-slow bench clean
 
 setup: $(STAMP)
 
@@ -14,16 +14,26 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev,pusht-original]"
 	touch $(STAMP)
 
-# Until the Push-T task lands, the main job is the synthetic multimodal task:
-# record demos -> train a diffusion policy and an MSE baseline -> check and plot multimodality.
+# The main job, on embedded defaults (nothing downloaded): 200 scripted-expert Push-T demos ->
+# train a low-dim diffusion policy on the CPU -> evaluate 50 closed-loop episodes (metrics + videos).
 demo: $(STAMP)
+	$(PY) scripts/generate_demos.py --env diffusion_policy/PushT-v0 --episodes 200 \
+		--out data/pusht.zarr --workers 2 --overwrite
+	$(PY) scripts/train.py task=pusht policy=diffusion_unet_small training=pusht_demo eval.enabled=false \
+		run_dir=$(RUN)/pusht
+	$(PY) scripts/eval.py --policy $(RUN)/pusht/policy --episodes 50 --envs 8 --videos 3 --out $(RUN)/pusht/eval
+
+# The synthetic two-mode task: diffusion policy vs an MSE regressor, checked and plotted.
+demo-multimodal: $(STAMP)
 	$(PY) scripts/generate_demos.py --env diffusion_policy/ObstacleAvoid-v0 --episodes 100 \
 		--out data/obstacle_avoid.zarr --workers 2 --overwrite
-	$(PY) scripts/train.py task=obstacle_avoid policy=diffusion_unet_small training=demo run_dir=$(RUN)/diffusion
-	$(PY) scripts/train.py task=obstacle_avoid policy=regression_mlp training=demo run_dir=$(RUN)/regression
+	$(PY) scripts/train.py task=obstacle_avoid policy=diffusion_unet_small training=demo eval.vector=sync \
+		run_dir=$(RUN)/diffusion
+	$(PY) scripts/train.py task=obstacle_avoid policy=regression_mlp training=demo eval.vector=sync \
+		run_dir=$(RUN)/regression
 	$(PY) scripts/multimodality.py --diffusion $(RUN)/diffusion/policy --regression $(RUN)/regression/policy \
 		--out $(RUN)/multimodality
 

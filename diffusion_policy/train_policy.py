@@ -15,6 +15,8 @@ from diffusion_policy.config_utils import from_dict, to_dict
 from diffusion_policy.core.trainer import Callback, Trainer, TrainerConfig
 from diffusion_policy.data.dataset import SequenceDataset
 from diffusion_policy.data.replay_buffer import ReplayBuffer
+from diffusion_policy.eval.callback import EvalCallback
+from diffusion_policy.eval.rollout import EvalConfig
 from diffusion_policy.policy import POLICY_CLASSES, BasePolicy, PolicyConfig
 
 # The dataset's windows follow the policy's chunking; unset options take PolicyConfig's defaults.
@@ -73,6 +75,29 @@ def build_policy(policy_cfg: Mapping[str, Any], dataset: SequenceDataset) -> Bas
     return cls(config, dataset.fit_normalizer(config.normalizer_mode))
 
 
+def build_eval_callback(eval_cfg: Mapping[str, Any] | None, task: TaskConfig) -> EvalCallback | None:
+    """The closed-loop evaluation callback described by `eval_cfg`, or None when it is absent or disabled.
+
+    `eval_cfg` holds `EvalConfig` fields plus `every_steps` and an optional `enabled` (default true);
+    `env_id` / `env_kwargs` left out or null take the task's.
+    """
+    if eval_cfg is None:
+        return None
+    options = dict(eval_cfg)
+    if not options.pop("enabled", True):
+        return None
+    if "every_steps" not in options:
+        raise ValueError(f"eval config needs every_steps; got options {sorted(options)}")
+    every_steps = options.pop("every_steps")
+    if options.get("env_id") is None:
+        options["env_id"] = task.env_id
+    if options.get("env_kwargs") is None:
+        options["env_kwargs"] = task.env_kwargs
+    if options["env_id"] is None:
+        raise ValueError(f"task {task.name!r} has no env_id to evaluate in; set eval.env_id or eval.enabled=false")
+    return EvalCallback(from_dict(EvalConfig, options), every_steps)
+
+
 def train_policy(
     task_cfg: Mapping[str, Any],
     policy_cfg: Mapping[str, Any],
@@ -80,20 +105,29 @@ def train_policy(
     run_dir: str | Path,
     resume: bool = False,
     callbacks: Sequence[Callback] = (),
+    eval_cfg: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Train a policy and save its evaluation (EMA) weights to `<run_dir>/policy`; returns that path."""
+    """Train a policy and save its evaluation (EMA) weights to `<run_dir>/policy`; returns that path.
+
+    With `eval_cfg` (see `build_eval_callback`) the policy is also rolled out during training and
+    the best one kept in `<run_dir>/best_policy`.
+    """
     task = from_dict(TaskConfig, task_cfg)
     trainer_config = from_dict(TrainerConfig, trainer_cfg)
+    eval_callback = build_eval_callback(eval_cfg, task)
     dataset = build_dataset(task, policy_cfg)
     policy = build_policy(policy_cfg, dataset)
+    log_config = {"task": to_dict(task), "policy": dict(policy_cfg), "training": to_dict(trainer_config)}
+    if eval_callback is not None:
+        log_config["eval"] = {**to_dict(eval_callback.config), "every_steps": eval_callback.every_steps}
     trainer = Trainer(
         policy,
         dataset,
         trainer_config,
         run_dir,
         val_dataset=dataset.get_validation_dataset(),
-        callbacks=callbacks,
-        log_config={"task": to_dict(task), "policy": dict(policy_cfg), "training": to_dict(trainer_config)},
+        callbacks=[*callbacks, *([eval_callback] if eval_callback is not None else [])],
+        log_config=log_config,
     )
     if resume:
         trainer.resume()

@@ -1,18 +1,25 @@
-"""Record scripted-expert demonstrations of a registered environment into a Zarr replay buffer.
+"""Record demonstrations of a registered environment into a Zarr replay buffer.
+
+By default the env's scripted expert acts; `--policy module:callable` records any other policy,
+where `callable(seed)` returns an object with `reset(seed)` and `__call__(env, obs) -> action`
+(see `envs.experts.Expert`). Ctrl-C keeps every completed episode.
 
 Example:
-    python scripts/generate_demos.py --env diffusion_policy/ObstacleAvoid-v0 --episodes 100 \
-        --out data/obstacle_avoid.zarr --seed 0 --workers 2
+    python scripts/generate_demos.py --env diffusion_policy/PushT-v0 --episodes 200 \
+        --out data/pusht.zarr --seed 0 --workers 2
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import importlib
+import json
+from collections.abc import Callable
 
 from diffusion_policy.data.recorder import RecordingSummary, record_episodes
 from diffusion_policy.data.replay_buffer import ReplayBuffer
-from envs.experts import EXPERT_FACTORIES, make_expert
+from envs.experts import Expert, make_expert
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -20,8 +27,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--env", required=True, choices=sorted(EXPERT_FACTORIES),
-                        help="registered Gymnasium id that has a scripted expert")
+    parser.add_argument("--env", required=True, help="registered Gymnasium id")
+    parser.add_argument("--policy", default=None,
+                        help="module:callable building the acting policy from a seed (default: the env's expert)")
+    parser.add_argument("--env-kwargs", type=json.loads, default={},
+                        help='JSON options for gymnasium.make, e.g. \'{"obs_type": "state"}\'')
     parser.add_argument("--episodes", type=int, default=100, help="episodes to run")
     parser.add_argument("--out", required=True, help="path of the Zarr store to create")
     parser.add_argument("--seed", type=int, default=0, help="episode i uses seed + i")
@@ -44,18 +54,34 @@ def format_summary(summary: RecordingSummary, path: str) -> str:
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 
 
+def policy_factory(env_id: str, spec: str | None) -> Callable[[int], Expert]:
+    """The env's expert factory, or the `module:callable` named by `spec`."""
+    if spec is None:
+        make_expert(env_id)  # fails early, naming the envs that have experts
+        return functools.partial(make_expert, env_id)
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise ValueError(f"--policy {spec!r} must look like 'package.module:callable'")
+    factory = getattr(importlib.import_module(module_name), attribute, None)
+    if not callable(factory):
+        raise ValueError(f"--policy {spec!r}: {module_name} has no callable {attribute!r}")
+    return factory
+
+
 def main(argv: list[str] | None = None) -> RecordingSummary:
     """Record the demonstrations asked for by `argv` and print a summary."""
     args = parse_args(argv)
+    factory = policy_factory(args.env, args.policy)
     buffer = ReplayBuffer.create(args.out, overwrite=args.overwrite)
     summary = record_episodes(
         args.env,
-        functools.partial(make_expert, args.env),
+        factory,
         buffer,
         args.episodes,
         seed=args.seed,
         successful_only=not args.keep_failures,
         n_workers=args.workers,
+        env_kwargs=args.env_kwargs,
     )
     print(format_summary(summary, args.out))
     return summary

@@ -9,7 +9,7 @@ import pytest
 from envs import PUSHT_ID, PUSHT_PYMUNK_ID
 from envs.experts import make_expert
 from envs.pusht_expert import CANDIDATES, PushTExpert, plan_path, predicted_pose, push_model
-from envs.pusht_geometry import AGENT_RADIUS, block_distance, cog_pose, to_world
+from envs.pusht_geometry import AGENT_RADIUS, block_distance, cog_pose
 
 
 def run_episode(env: gym.Env, expert: PushTExpert, env_seed: int, expert_seed: int) -> tuple[bool, np.ndarray]:

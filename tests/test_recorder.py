@@ -145,3 +145,20 @@ def test_generate_demos_script_writes_store_and_prints_summary(
     with pytest.raises(FileExistsError):
         script.main(args)
     assert script.main([*args, "--overwrite", "--episodes", "2"]).episodes_saved == 2
+
+
+def test_generate_demos_script_records_any_policy_and_env_options(tmp_path: Path) -> None:
+    """`--policy module:callable` records a non-expert policy; `--env-kwargs` reaches gymnasium.make."""
+    script_path = REPO_ROOT / "scripts" / "generate_demos.py"
+    spec = importlib.util.spec_from_file_location("generate_demos", script_path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "pusht_state.zarr"
+    summary = script.main(["--env", "diffusion_policy/PushT-v0", "--episodes", "1", "--out", str(out),
+                           "--env-kwargs", '{"obs_type": "state"}', "--policy", "envs.pusht_expert:PushTExpert"])
+    assert summary.episodes_saved == 1
+    assert set(ReplayBuffer.open(out).keys()) == {"agent_pos", "block_pose", "action"}
+    with pytest.raises(ValueError, match="module:callable"):
+        script.main(["--env", OBSTACLE_AVOID_ID, "--out", str(tmp_path / "x.zarr"), "--policy", "nocolon"])
+    with pytest.raises(KeyError, match="no expert"):
+        script.main(["--env", "CartPole-v1", "--out", str(tmp_path / "y.zarr")])

@@ -35,7 +35,8 @@ def test_train_then_resume(demos, tmp_path):
     common = ["policy=diffusion_unet_small", "training=demo", "policy.network.down_dims=[8,16]",
               "policy.network.step_embed_dim=8", "policy.horizon=8", "policy.n_action_steps=4",
               "training.batch_size=8", "training.checkpoint_every=2", "training.progress=false",
-              f"task.dataset.path={demos}", f"run_dir={tmp_path}"]
+              "eval.vector=sync", "eval.n_episodes=2", "eval.n_envs=2", "eval.n_videos=0",
+              "eval.max_episode_steps=10", f"task.dataset.path={demos}", f"run_dir={tmp_path}"]
     first = run_train(*common, "training.max_steps=3")
     assert first.returncode == 0, first.stderr
     assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step_00000003"
@@ -47,6 +48,8 @@ def test_train_then_resume(demos, tmp_path):
     assert steps[-1] == 5 and 4 not in steps[:-1]  # continued from step 3, did not restart
     policy = load_policy(tmp_path / "policy")
     assert policy.config.network.down_dims == (8, 16) and policy.config.horizon == 8
+    # The closed-loop evaluation ran at the end and kept its policy as the best one so far.
+    assert (tmp_path / "best_policy" / "eval.json").is_file()
 
 
 def test_unknown_option_is_named(demos, tmp_path):

@@ -1,1 +1,1 @@
-"""Evaluation: sampling studies and (later) closed-loop rollouts."""
+"""Evaluation: closed-loop rollouts over vector envs (metrics, videos, a training callback) and sampling studies."""
