@@ -244,10 +244,11 @@ class PushTExpert:
                 break
             path = self._shortest_path(pose, agent, points[k], normals[k])
             if path is not None:
-                time = _path_length(path) / self._travel_speed + length[k] / self._push_speed + 0.5
-                gain = score[k] * (np.linalg.norm(points[k] - normals[k] * 20 - agent) / self._travel_speed
-                                   + length[k] / self._push_speed + 0.5)
-                options.append((gain / time, k, path))
+                push_time = length[k] / self._push_speed + 0.5
+                pre = points[k] - normals[k] * (AGENT_RADIUS + APPROACH_GAP)
+                # `score` assumed a straight approach; rescale it to the planned path's travel time.
+                gain = score[k] * (np.linalg.norm(pre - agent) / self._travel_speed + push_time)
+                options.append((gain / (_path_length(path) / self._travel_speed + push_time), k, path))
         if not options:
             # Nothing helps from here (e.g. pinned against a wall): back away from the block.
             self._index, self._path = -1, [agent, _retreat_point(pose, agent)]
