@@ -1,17 +1,28 @@
-"""Benchmark the paper-size low-dim policy on this machine; writes JSON under benchmarks/.
+"""Side-by-side speed harness: the eager and fast paths of the paper-size networks, timed in one process.
 
-    python scripts/benchmark.py                 # 2 threads, CPU, all cases
-    python scripts/benchmark.py --quick         # fewer repetitions
+    python scripts/benchmark.py                  # CPU, 2 threads -> benchmarks/cpu.json
+    python scripts/benchmark.py --quick          # fewer repetitions (smoke run)
+    python scripts/benchmark.py --device cuda    # -> benchmarks/cuda.json
 
-Cases (Push-T state network: obs 20 x 2 steps, action 2, horizon 16, down_dims [256,512,1024],
-about 65.8M parameters): one network forward at batch 1; one 10-step DDIM chunk at batch 1 through
-`predict_action`; one training step (loss, backward, AdamW) at batch 64 and 256; dataset windows/s.
-Latencies are wall-clock p50/p99 over repetitions after warm-up.
+Each case times its paths interleaved (A, B, A, B, ...) after warm-up, so machine noise hits both
+alike, and reports p50 / p99 / mean latency per path and the ratio of p50s (eager / fast).
+
+Cases:
+- `ddim10_chunk_b1` (Push-T state network, down_dims [256,512,1024], 65.8M parameters) and
+  `ddim10_chunk_b1_image_net` (the image policy's U-Net, [512,1024,2048], ~255M): one 10-step DDIM
+  chunk at batch 1 through `predict_action`, `inference="eager"` vs `"fast"`, plus the largest
+  action difference between the two paths from the same noise (normalised units, range [-1, 1]).
+- `train_step_b64`, `train_step_b256`: loss + backward + gradient clipping + AdamW, eager (fp32,
+  foreach AdamW) vs fast (bf16 autocast with GEMM convolutions, fused AdamW); samples/s.
+- `ema_update`: one EMA update of the 65.8M network (the trainer does it after every step).
+- `data_loading`: training windows/s through the trainer's DataLoader at batch 256.
+- `memory_read`: sustained read bandwidth, and the weight-read floor of a bf16 10-step chunk it implies.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import json
 import os
@@ -22,80 +33,162 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
+from torch.utils.data import DataLoader
 
+from diffusion_policy.core.ema import EMA
 from diffusion_policy.data.dataset import SequenceDataset
 from diffusion_policy.data.replay_buffer import ReplayBuffer
+from diffusion_policy.models.gemm_conv import GemmConv1d
+from diffusion_policy.models.unet1d import UNet1DConfig
 from diffusion_policy.policy import DiffusionPolicy, DiffusionPolicyConfig
 
-OBS_DIM, ACTION_DIM, N_OBS_STEPS, HORIZON = 20, 2, 2, 16
+HORIZON, N_OBS_STEPS, ACTION_DIM = 16, 2, 2
+STATE_OBS_DIM = 20  # Push-T keypoints + agent position
+IMAGE_OBS_DIM = 66  # one camera's 64 ResNet features + agent position
+IMAGE_NET = (512, 1024, 2048)
 
 
-def timings(fn: Callable[[], object], warmup: int, reps: int) -> dict[str, float]:
-    """Run `fn` `warmup` times, then `reps` timed times; milliseconds p50 / p99 / mean."""
-    for _ in range(warmup):
-        fn()
-    times = []
+def percentiles(times_ms: list[float]) -> dict[str, float]:
+    return {"p50_ms": float(np.percentile(times_ms, 50)), "p99_ms": float(np.percentile(times_ms, 99)),
+            "mean_ms": float(np.mean(times_ms)), "reps": len(times_ms)}
+
+
+def side_by_side(paths: dict[str, Callable[[], object]], warmup: int, reps: int, sync: Callable[[], None]) -> dict:
+    """Time each path `reps` times, interleaved, after `warmup` calls each; ratio = first p50 / last p50."""
+    for fn in paths.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in paths}
     for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return {"p50_ms": float(np.percentile(times, 50)), "p99_ms": float(np.percentile(times, 99)),
-            "mean_ms": float(np.mean(times)), "reps": reps}
+        for name, fn in paths.items():
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            times[name].append((time.perf_counter() - start) * 1e3)
+    result: dict = {name: percentiles(t) for name, t in times.items()}
+    first, last = list(paths)[0], list(paths)[-1]
+    result["ratio"] = result[first]["p50_ms"] / result[last]["p50_ms"]
+    return result
 
 
-def synthetic_buffer(n_episodes: int = 500, length: int = 200, seed: int = 0) -> ReplayBuffer:
-    rng = np.random.default_rng(seed)
+def synthetic_dataset(obs_dim: int, n_episodes: int = 200, length: int = 200) -> SequenceDataset:
+    rng = np.random.default_rng(0)
     buffer = ReplayBuffer.in_memory()
     for _ in range(n_episodes):
-        buffer.add_episode({"keypoints": rng.uniform(0, 512, (length, OBS_DIM)).astype(np.float32),
+        buffer.add_episode({"obs": rng.uniform(0, 512, (length, obs_dim)).astype(np.float32),
                             "action": rng.uniform(0, 512, (length, ACTION_DIM)).astype(np.float32)})
-    return buffer
+    return SequenceDataset(buffer, ["obs"], horizon=HORIZON, n_obs_steps=N_OBS_STEPS, n_action_steps=8)
 
 
-def paper_policy(dataset: SequenceDataset, device: torch.device) -> DiffusionPolicy:
+def make_policy(dataset: SequenceDataset, down_dims: tuple[int, ...], device: torch.device) -> DiffusionPolicy:
     config = DiffusionPolicyConfig(obs_shapes=dataset.obs_shapes, action_dim=ACTION_DIM, horizon=HORIZON,
-                                   n_obs_steps=N_OBS_STEPS, n_action_steps=8, num_inference_steps=10)
+                                   n_obs_steps=N_OBS_STEPS, n_action_steps=8, num_inference_steps=10,
+                                   network=UNet1DConfig(down_dims=down_dims))
+    torch.manual_seed(0)
     return DiffusionPolicy(config, dataset.fit_normalizer()).to(device)
 
 
 def batch_of(dataset: SequenceDataset, size: int, device: torch.device) -> dict:
     items = [dataset[i] for i in range(size)]
-    return {"obs": {"keypoints": torch.stack([it["obs"]["keypoints"] for it in items]).to(device)},
+    return {"obs": {"obs": torch.stack([it["obs"]["obs"] for it in items]).to(device)},
             "action": torch.stack([it["action"] for it in items]).to(device)}
 
 
-def run(quick: bool, device: torch.device) -> dict[str, dict[str, float]]:
-    reps = 5 if quick else 30
-    dataset = SequenceDataset(synthetic_buffer(), ["keypoints"], horizon=HORIZON, n_obs_steps=N_OBS_STEPS,
-                              n_action_steps=8)
-    policy = paper_policy(dataset, device).eval()
-    results: dict[str, dict[str, float]] = {"parameters": {"count": sum(p.numel() for p in policy.parameters())}}
-    obs = {"keypoints": batch_of(dataset, 1, device)["obs"]["keypoints"]}
-    x = torch.randn(1, HORIZON, ACTION_DIM, device=device)
-    cond = policy.condition(obs)
+def chunk_case(down_dims: tuple[int, ...], obs_dim: int, device: torch.device, reps: int, sync) -> dict:
+    """10-step DDIM chunk at batch 1: eager vs fast latency, and their action difference."""
+    dataset = synthetic_dataset(obs_dim, n_episodes=20)
+    policy = make_policy(dataset, down_dims, device).eval()
+    obs = {"obs": batch_of(dataset, 1, device)["obs"]["obs"]}
+
+    def predict(mode: str) -> Callable[[], object]:
+        def run() -> object:
+            policy.inference = mode
+            return policy.predict_action(obs)
+        return run
+
+    result = side_by_side({"eager": predict("eager"), "fast": predict("fast")}, 2, reps, sync)
+    noise = torch.randn(1, HORIZON, ACTION_DIM, device=device, generator=None)
     with torch.no_grad():
-        results["forward_b1"] = timings(lambda: policy.network(x, torch.tensor(10), cond), 3, reps * 2)
-    results["ddim10_chunk_b1"] = timings(lambda: policy.predict_action(obs), 2, reps)
+        cond = policy.condition(obs)
+        policy.inference = "eager"
+        eager = policy.sample_chunk(cond, None, noise)
+        policy.inference = "fast"
+        fast = policy.sample_chunk(cond, None, noise)
+    result["parameters"] = sum(p.numel() for p in policy.network.parameters())
+    result["max_abs_action_diff_normalized"] = float((eager - fast).abs().max())
+    return result
 
-    policy.train()
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6)
-    for size in (64, 256):
-        batch = batch_of(dataset, size, device)
 
-        def step(batch: dict = batch) -> None:
+def train_case(batch_size: int, device: torch.device, reps: int, sync) -> dict:
+    """One optimisation step: eager fp32 + foreach AdamW vs bf16 autocast + fused AdamW."""
+    dataset = synthetic_dataset(STATE_OBS_DIM)
+    batch = batch_of(dataset, batch_size, device)
+
+    def stepper(policy: nn.Module, bf16: bool, fused: bool) -> Callable[[], None]:
+        policy.train()
+        optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6,
+                                      fused=fused)
+
+        def step() -> None:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                loss = policy.compute_loss(batch)
             optimizer.zero_grad(set_to_none=True)
-            policy.compute_loss(batch).backward()
+            loss.backward()
+            nn.utils.clip_grad_norm_(policy.parameters(), 10.0)
             optimizer.step()
+        return step
 
-        results[f"train_step_b{size}"] = timings(step, 1, max(3, reps // (2 if size == 64 else 6)))
-        results[f"train_step_b{size}"]["samples_per_s"] = size / results[f"train_step_b{size}"]["p50_ms"] * 1e3
+    eager = make_policy(dataset, (256, 512, 1024), device)
+    fast = copy.deepcopy(eager)
+    result = side_by_side({"eager": stepper(eager, False, False), "fast": stepper(fast, True, True)}, 1, reps, sync)
+    for path in ("eager", "fast"):
+        result[path]["samples_per_s"] = batch_size / result[path]["p50_ms"] * 1e3
+    return result
 
-    n = 20_000 if quick else 100_000
-    order = np.random.default_rng(0).integers(0, len(dataset), n)
+
+def ema_case(device: torch.device, reps: int, sync) -> dict:
+    policy = make_policy(synthetic_dataset(STATE_OBS_DIM, n_episodes=5), (256, 512, 1024), device)
+    ema = EMA(policy)
+    return side_by_side({"ema_update": lambda: ema.update(policy)}, 2, reps, sync)["ema_update"]
+
+
+def data_case(reps: int) -> dict:
+    dataset = synthetic_dataset(STATE_OBS_DIM)
+    loader = DataLoader(dataset, batch_size=256, shuffle=True, drop_last=True)
+    batches = min(len(loader), 20 * reps)
     start = time.perf_counter()
-    for i in order:
-        dataset[int(i)]
-    results["dataset_windows"] = {"windows_per_s": n / (time.perf_counter() - start), "windows": n}
+    for i, _ in enumerate(loader):
+        if i + 1 >= batches:
+            break
+    return {"samples_per_s": batches * 256 / (time.perf_counter() - start), "batch_size": 256, "batches": batches}
+
+
+def memory_case(weight_bytes_per_step: int, device: torch.device, sync) -> dict:
+    """Read bandwidth (sum over a 256 MiB bf16 buffer) and the bf16 10-step chunk floor it implies."""
+    buffer = torch.ones(128 * 2**20, dtype=torch.bfloat16, device=device)
+    timing = side_by_side({"read": lambda: buffer.sum()}, 2, 10, sync)["read"]
+    gbps = buffer.numel() * 2 / timing["p50_ms"] / 1e6
+    return {"read_gb_per_s": gbps, "bf16_conv_weights_mb": weight_bytes_per_step / 1e6,
+            "ddim10_chunk_floor_ms": 10 * weight_bytes_per_step / gbps / 1e6}
+
+
+def run(quick: bool, device: torch.device) -> dict:
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    reps = 5 if quick else 30
+    results = {
+        "ddim10_chunk_b1": chunk_case((256, 512, 1024), STATE_OBS_DIM, device, reps, sync),
+        "ddim10_chunk_b1_image_net": chunk_case(IMAGE_NET, IMAGE_OBS_DIM, device, max(3, reps // 4), sync),
+        "train_step_b64": train_case(64, device, max(3, reps // 3), sync),
+        "train_step_b256": train_case(256, device, max(2, reps // 8), sync),
+        "ema_update": ema_case(device, max(3, reps // 3), sync),
+        "data_loading": data_case(2 if quick else 10),
+    }
+    state_net = make_policy(synthetic_dataset(STATE_OBS_DIM, n_episodes=5), (256, 512, 1024), device).network
+    conv_bytes = 2 * sum(m.weight.numel() for m in state_net.modules()
+                         if isinstance(m, (GemmConv1d, nn.ConvTranspose1d)))
+    results["memory_read"] = memory_case(conv_bytes, device, sync)
     return results
 
 
@@ -119,6 +212,17 @@ def machine_info(device: torch.device) -> dict[str, object]:
     }
 
 
+def print_report(results: dict) -> None:
+    for name, values in results.items():
+        if "ratio" in values:
+            paths = [k for k in values if isinstance(values[k], dict)]
+            cells = "  ".join(f"{p} p50 {values[p]['p50_ms']:.1f} ms (p99 {values[p]['p99_ms']:.1f})" for p in paths)
+            print(f"{name:<27} {cells}  ratio {values['ratio']:.2f}x")
+        else:
+            print(f"{name:<27} " + "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                              for k, v in values.items()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (CPU)")
@@ -127,15 +231,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/<device>.json)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
     device = torch.device(args.device)
     report = {"machine": machine_info(device), "results": run(args.quick, device)}
-    out = args.out or Path("benchmarks") / f"baseline_{device.type}.json"
+    out = args.out or Path("benchmarks") / f"{device.type}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
-    for name, values in report["results"].items():
-        print(f"{name:<18}" + "  ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}"
-                                       for k, v in values.items()))
+    print_report(report["results"])
     print(f"written to {out}")
 
 

@@ -24,7 +24,8 @@ from diffusion_policy.core.trainer import resolve_device
 from diffusion_policy.eval.callback import BEST_POLICY_DIR
 from diffusion_policy.eval.metrics import EvalResult, format_table
 from diffusion_policy.eval.rollout import VECTOR_MODES, EvalConfig, evaluate_policy
-from diffusion_policy.policy import load_policy
+from diffusion_policy.policy import DiffusionPolicy, load_policy
+from diffusion_policy.policy.diffusion_policy import INFERENCE_MODES
 
 POLICY_CONFIG = "config.json"
 RUN_CONFIG = "config.yaml"
@@ -56,6 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-steps", type=int, help="episode step limit (default: the env's)")
     parser.add_argument("--out", type=Path, help="output directory (default: <run>/eval/<policy>_<timestamp>)")
     parser.add_argument("--device", default="auto", help="torch device for the policy (auto: CUDA if available)")
+    parser.add_argument("--inference", choices=INFERENCE_MODES, default="auto",
+                        help="diffusion sampling path: auto (fast on CPU), eager (float32 as trained) or fast (bf16)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser.parse_args(argv)
 
@@ -104,6 +107,8 @@ def main(argv: list[str] | None = None) -> EvalResult:
         label = "_".join(policy_dir.resolve().relative_to(base).parts)
         out = base / "eval" / f"{label}_{time.strftime('%Y-%m-%d_%H-%M-%S')}"
     policy = load_policy(policy_dir, resolve_device(args.device))
+    if isinstance(policy, DiffusionPolicy):
+        policy.inference = args.inference
     result = evaluate_policy(policy, config, out_dir=out, progress=not args.no_progress)
     print(f"policy        {policy_dir}")
     print(format_table(result))

@@ -1,8 +1,9 @@
 """The generic trainer shared by policies and image baselines.
 
 It knows nothing about robots or images: it trains any `nn.Module` with a `compute_loss(batch)`
-method on any map-style dataset, with AdamW, cosine learning rate with warm-up, gradient clipping,
-EMA, bf16 autocast on GPU, periodic validation, callbacks, atomic checkpoints and exact resume.
+method on any map-style dataset, with AdamW (fused), cosine learning rate with warm-up, gradient
+clipping, EMA, bf16 autocast (on GPU by default, on CPU on request), periodic validation, callbacks,
+atomic checkpoints and exact resume.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ class TrainerConfig:
     use_ema: bool = True
     ema: EMAConfig = field(default_factory=EMAConfig)
     mixed_precision: str = "auto"
+    fused_optimizer: bool = True
     device: str = "auto"
     num_workers: int = 0
     val_every: int = 1000
@@ -158,8 +160,10 @@ class Trainer:
         self.batch_in_epoch = 0
         self.last_metrics: dict[str, float] = {}
         self.ema = EMA(self.model, config.ema) if config.use_ema else None
+        # Fused AdamW: one kernel over all parameters instead of ~10 passes of foreach ops (CPU and CUDA).
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
+            self.model.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay,
+            fused=config.fused_optimizer or None,
         )
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, cosine_with_warmup(config.warmup_steps, config.max_steps)

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from diffusion_policy.models.embeddings import SinusoidalPosEmb
+from diffusion_policy.models.gemm_conv import GemmConv1d
 
 
 @dataclass
@@ -46,7 +47,7 @@ class Conv1dBlock(nn.Sequential):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, n_groups: int) -> None:
         super().__init__(
-            nn.Conv1d(in_channels, out_channels, kernel_size, padding=kernel_size // 2),
+            GemmConv1d(in_channels, out_channels, kernel_size, padding=kernel_size // 2),
             nn.GroupNorm(n_groups, out_channels),
             nn.Mish(),
         )
@@ -69,7 +70,7 @@ class ConditionalResidualBlock1D(nn.Module):
         film_dim = 2 * out_channels if self.predict_scale else out_channels
         self.cond_encoder = nn.Sequential(nn.Mish(), nn.Linear(cond_dim, film_dim))
         self.residual = (
-            nn.Conv1d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+            GemmConv1d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
         )
 
     def forward(self, x: Tensor, cond: Tensor) -> Tensor:
@@ -115,7 +116,7 @@ class ConditionalUnet1D(nn.Module):
         self.down = nn.ModuleList()
         for i, (cin, cout) in enumerate(pairs):
             is_last = i == len(pairs) - 1
-            downsample = nn.Identity() if is_last else nn.Conv1d(cout, cout, 3, stride=2, padding=1)
+            downsample = nn.Identity() if is_last else GemmConv1d(cout, cout, 3, stride=2, padding=1)
             self.down.append(nn.ModuleList([res(cin, cout), res(cout, cout), downsample]))
         mid = config.down_dims[-1]
         self.mid = nn.ModuleList([res(mid, mid), res(mid, mid)])
@@ -126,7 +127,7 @@ class ConditionalUnet1D(nn.Module):
         first = config.down_dims[0]
         self.final = nn.Sequential(
             Conv1dBlock(first, first, config.kernel_size, config.n_groups),
-            nn.Conv1d(first, action_dim, 1),
+            GemmConv1d(first, action_dim, 1),
         )
 
     @property

@@ -7,14 +7,19 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from diffusers import DDIMScheduler
 
+from diffusion_policy.core.ddim_plan import DDIMPlan
 from diffusion_policy.core.sampling import sample
 from diffusion_policy.core.schedulers import make_scheduler
 from diffusion_policy.core.targets import training_target
 from diffusion_policy.data.normalizer import Normalizer
 from diffusion_policy.models.unet1d import ConditionalUnet1D
+from diffusion_policy.models.unet1d_frozen import FrozenUnet1D
 from diffusion_policy.policy.base import BasePolicy
 from diffusion_policy.policy.config import DiffusionPolicyConfig
+
+INFERENCE_MODES = ("auto", "eager", "fast")
 
 
 class DiffusionPolicy(BasePolicy):
@@ -23,6 +28,12 @@ class DiffusionPolicy(BasePolicy):
     Training (DDPM): noise a normalised chunk to a random step `t`, regress the network's output on
     the target of `prediction_type`. Inference: `num_inference_steps` of `inference_scheduler`
     (DDIM by default) over the same noise schedule.
+
+    `inference` picks how chunks are sampled: `"eager"` runs the network as trained (float32);
+    `"fast"` runs a bf16 :class:`FrozenUnet1D` snapshot with the FiLM conditioning hoisted out of the
+    loop and, for DDIM, the precomputed in-place :class:`DDIMPlan`; `"auto"` (default) is fast on CPU,
+    where it was measured (actions within ~1% of eager, closed-loop Push-T success unchanged), and
+    eager elsewhere. The snapshot is retaken whenever a weight changes.
     """
 
     kind = "diffusion"
@@ -33,6 +44,29 @@ class DiffusionPolicy(BasePolicy):
         self.network = ConditionalUnet1D(config.action_dim, self.obs_encoder.output_dim, config.network)
         self.train_scheduler = make_scheduler("ddpm", config.noise_scheduler)
         self.inference_scheduler = make_scheduler(config.inference_scheduler, config.noise_scheduler)
+        self.inference = "auto"
+        self._frozen: tuple[tuple, FrozenUnet1D] | None = None
+        self._ddim_plan: DDIMPlan | None = None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "inference" and value not in INFERENCE_MODES:
+            raise ValueError(f"inference={value!r} is not one of {INFERENCE_MODES}")
+        super().__setattr__(name, value)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Copies (EMA, checkpoints) get their own snapshot when they first sample.
+        return {**self.__dict__, "_frozen": None}
+
+    def uses_fast_inference(self) -> bool:
+        """Whether `predict_action` takes the fast path (see the class docstring)."""
+        return self.inference == "fast" or (self.inference == "auto" and self.device.type == "cpu")
+
+    def frozen_network(self) -> FrozenUnet1D:
+        """The bf16 snapshot of the network, retaken when any weight changed (in place or replaced)."""
+        key = tuple((p.device, p.data_ptr(), p._version) for p in self.network.parameters())
+        if self._frozen is None or self._frozen[0] != key:
+            self._frozen = (key, FrozenUnet1D(self.network))
+        return self._frozen[1]
 
     def compute_loss(self, batch: Mapping[str, Any]) -> torch.Tensor:
         """batch `{"obs": {key: (B, To, ...)}, "action": (B, T, Da)}` -> scalar denoising loss."""
@@ -50,6 +84,8 @@ class DiffusionPolicy(BasePolicy):
     ) -> torch.Tensor:
         """cond `(B, Dc)` -> normalised chunk `(B, T, Da)`."""
         shape = None if noise is not None else (cond.shape[0], self.config.horizon, self.config.action_dim)
+        if self.uses_fast_inference():
+            return self._sample_fast(cond, generator, noise, shape)
         return sample(
             lambda x, t: self.network(x, t, cond),
             self.inference_scheduler,
@@ -59,4 +95,29 @@ class DiffusionPolicy(BasePolicy):
             generator=generator,
             device=cond.device,
             dtype=cond.dtype,
+        )
+
+    def _sample_fast(
+        self,
+        cond: torch.Tensor,
+        generator: torch.Generator | None,
+        noise: torch.Tensor | None,
+        shape: tuple[int, ...] | None,
+    ) -> torch.Tensor:
+        """The fast path of `sample_chunk`; draws the same initial noise as the eager path."""
+        if noise is None:
+            noise = torch.randn(shape, generator=generator, device=cond.device, dtype=cond.dtype)
+        frozen = self.frozen_network()
+        steps = self.config.num_inference_steps
+        if isinstance(self.inference_scheduler, DDIMScheduler):
+            if self._ddim_plan is None or len(self._ddim_plan) != steps:
+                self._ddim_plan = DDIMPlan(self.inference_scheduler, steps)
+            film = frozen.film(cond, self._ddim_plan.timesteps)
+            return self._ddim_plan.sample(lambda x, i: frozen.denoise(x, film, i), noise)
+        return sample(
+            lambda x, t: frozen.denoise(x, frozen.film(cond, t.reshape(1)), 0),
+            self.inference_scheduler,
+            steps,
+            noise=noise,
+            generator=generator,
         )

@@ -1,0 +1,101 @@
+"""Fast inference: FrozenUnet1D reproduces the network, the policy's fast path tracks the eager one."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from diffusion_policy.models.unet1d import ConditionalUnet1D, UNet1DConfig
+from diffusion_policy.models.unet1d_frozen import FrozenUnet1D
+from diffusion_policy.policy import DiffusionPolicy
+from tests.test_policy import normalizer, observation, small_config
+
+CONFIGS = [
+    (UNet1DConfig(down_dims=(32, 64, 128), step_embed_dim=32), 10),
+    (UNet1DConfig(down_dims=(16, 32), n_groups=4, step_embed_dim=16, cond_predict_scale=False), 0),
+    (UNet1DConfig(down_dims=(16,), n_groups=4, kernel_size=3, step_embed_dim=16), 6),
+]
+
+
+def random_network(config: UNet1DConfig, cond_dim: int) -> ConditionalUnet1D:
+    torch.manual_seed(0)
+    network = ConditionalUnet1D(3, cond_dim, config).eval()
+    with torch.no_grad():
+        for p in network.parameters():  # away from the init, so every term of the network matters
+            p.add_(0.05 * torch.randn_like(p))
+    return network
+
+
+def outputs(network: ConditionalUnet1D, dtype: torch.dtype, cond_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 8, 3, generator=g)
+    cond = torch.randn(4, cond_dim, generator=g) if cond_dim else None
+    timesteps = torch.tensor([99, 40, 0])
+    frozen = FrozenUnet1D(network, dtype)
+    film = frozen.film(cond, timesteps)
+    with torch.no_grad():
+        eager = torch.stack([network(x, t, cond) for t in timesteps])
+    fast = torch.stack([frozen.denoise(x, film, i) for i in range(len(timesteps))])
+    return fast, eager
+
+
+@pytest.mark.parametrize("config,cond_dim", CONFIGS)
+def test_float32_snapshot_computes_what_the_network_computes(config, cond_dim):
+    fast, eager = outputs(random_network(config, cond_dim), torch.float32, cond_dim)
+    assert torch.allclose(fast, eager, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("config,cond_dim", CONFIGS)
+def test_bf16_snapshot_is_within_two_percent(config, cond_dim):
+    fast, eager = outputs(random_network(config, cond_dim), torch.bfloat16, cond_dim)
+    assert (fast - eager).abs().max() <= 0.02 * eager.abs().max()
+
+
+def test_snapshot_rejects_wrong_shapes():
+    frozen = FrozenUnet1D(random_network(*CONFIGS[0]))
+    with pytest.raises(ValueError, match=r"global_cond must have shape \(B, 10\)"):
+        frozen.film(torch.zeros(2, 7), torch.tensor([5]))
+    film = frozen.film(torch.zeros(2, 10), torch.tensor([5]))
+    with pytest.raises(ValueError, match=r"\(2, 6, 3\)"):
+        frozen.denoise(torch.zeros(2, 6, 3), film, 0)
+
+
+def predictions(policy: DiffusionPolicy, mode: str) -> torch.Tensor:
+    policy.inference = mode
+    return policy.predict_action(observation(batch=5), generator=torch.Generator().manual_seed(3))["action_pred"]
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "ddpm", "dpmsolver++"])
+def test_fast_policy_tracks_eager_with_the_same_noise(scheduler):
+    torch.manual_seed(0)
+    policy = DiffusionPolicy(small_config(inference_scheduler=scheduler, num_inference_steps=8), normalizer()).eval()
+    assert policy.inference == "auto" and policy.uses_fast_inference()  # on CPU
+    eager, fast = predictions(policy, "eager"), predictions(policy, "fast")
+    assert eager.shape == fast.shape == (5, 8, 2)
+    # 1% of the action range [0, 5], or of the values an untrained network reaches without clipping.
+    assert (fast - eager).abs().max() <= 0.01 * max(5.0, float(eager.abs().max()))
+    assert torch.equal(predictions(policy, "auto"), fast)
+
+
+def test_snapshot_follows_weight_changes_and_is_not_copied():
+    torch.manual_seed(0)
+    policy = DiffusionPolicy(small_config(), normalizer()).eval()
+    before = predictions(policy, "fast")
+    snapshot = policy.frozen_network()
+    assert policy.frozen_network() is snapshot
+    with torch.no_grad():
+        for p in policy.network.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    assert policy.frozen_network() is not snapshot
+    after, eager = predictions(policy, "fast"), predictions(policy, "eager")
+    assert not torch.allclose(after, before, atol=1e-3)
+    assert (after - eager).abs().max() <= 0.1  # 2% of the action range, random weights
+    assert copy.deepcopy(policy)._frozen is None
+
+
+def test_unknown_inference_mode_is_named():
+    policy = DiffusionPolicy(small_config(), normalizer())
+    with pytest.raises(ValueError, match="'turbo'"):
+        policy.inference = "turbo"
