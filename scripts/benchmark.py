@@ -109,7 +109,7 @@ def chunk_case(down_dims: tuple[int, ...], obs_dim: int, device: torch.device, r
         return run
 
     result = side_by_side({"eager": predict("eager"), "fast": predict("fast")}, 2, reps, sync)
-    noise = torch.randn(1, HORIZON, ACTION_DIM, device=device, generator=None)
+    noise = torch.randn(1, HORIZON, ACTION_DIM, device=device)
     with torch.no_grad():
         cond = policy.condition(obs)
         policy.inference = "eager"
