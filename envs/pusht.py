@@ -116,13 +116,27 @@ class PushTEnv(gym.Env):
 
     def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
         """Hold target `action` `(2,)` for one control period; returns the Gymnasium 5-tuple."""
+        self.apply_control(action)
+        self.advance(self.n_substeps)
+        obs, reward, info = self.observe()
+        return obs, reward, info["success"], False, info
+
+    # --- real-time access (deploy.MujocoSimRobot): control and physics decoupled from steps ------
+    def apply_control(self, action: np.ndarray) -> None:
+        """Set the agent target `(2,)` (checked like `step`'s action) until the next call."""
         target = checked_action(action)
         self._last_target = target
         self.data.ctrl[:] = target
-        mujoco.mj_step(self.model, self.data, nstep=self.n_substeps)
+
+    def advance(self, n_substeps: int) -> None:
+        """Integrate `n_substeps` physics steps of `model.opt.timestep` under the current control."""
+        mujoco.mj_step(self.model, self.data, nstep=n_substeps)
         self._check_simulation()
+
+    def observe(self) -> tuple[dict[str, np.ndarray], float, dict[str, Any]]:
+        """`(obs, reward, info)` of the current state, as `step` reports them."""
         info = self._info()
-        return self._observation(), reward_from_coverage(info["coverage"]), info["success"], False, info
+        return self._observation(), reward_from_coverage(info["coverage"]), info
 
     def render(self) -> np.ndarray | None:
         """Top-down `(render_size, render_size, 3)` uint8 frame (None unless render_mode="rgb_array")."""

@@ -115,6 +115,31 @@ def test_inpainting_feeds_known_noised_to_current_step() -> None:
     torch.testing.assert_close(first_x, expected, rtol=0, atol=0)
 
 
+def test_soft_mask_moves_entries_part_way() -> None:
+    """A float mask w blends x_t toward the noised known by w; w = 1 is exactly the hard mask."""
+    scheduler = make_scheduler("ddim", SchedulerConfig())
+    noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(9))
+    known = torch.full(SHAPE, 0.3)
+    weights = torch.linspace(0, 1, SHAPE[1]).reshape(1, -1, 1)  # (1, T, 1) broadcasts over B and Da
+    seen = []
+
+    def spy(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        seen.append(x.clone())
+        return torch.zeros_like(x)
+
+    out = sample(spy, scheduler, 3, noise=noise, generator=torch.Generator().manual_seed(7),
+                 known=known, known_mask=weights)
+    eps = torch.randn(SHAPE, generator=torch.Generator().manual_seed(7))
+    noised = scheduler.add_noise(known, eps, torch.tensor([66]).expand(3))
+    torch.testing.assert_close(seen[0], noise + weights * (noised - noise), rtol=0, atol=1e-6)
+    torch.testing.assert_close(out[:, -1], known[:, -1], rtol=0, atol=0)  # weight 1: held exactly
+    hard = sample(spy, scheduler, 3, noise=noise, generator=torch.Generator().manual_seed(7),
+                  known=known, known_mask=(weights == 1).expand(SHAPE))
+    soft = sample(spy, scheduler, 3, noise=noise, generator=torch.Generator().manual_seed(7),
+                  known=known, known_mask=(weights == 1).float())
+    torch.testing.assert_close(soft, hard, rtol=0, atol=1e-6)
+
+
 def test_argument_errors() -> None:
     scheduler = make_scheduler("ddim", SchedulerConfig())
     noise = torch.zeros(SHAPE)
@@ -126,8 +151,12 @@ def test_argument_errors() -> None:
         sample(_toy_denoiser, scheduler, 2)
     with pytest.raises(ValueError, match="together"):
         sample(_toy_denoiser, scheduler, 2, noise=noise, known=noise)
-    with pytest.raises(ValueError, match=r"known_mask \(3, 8\) must match the sample shape \(3, 8, 2\)"):
+    with pytest.raises(ValueError, match=r"known_mask \(3, 8\) does not broadcast to the sample shape \(3, 8, 2\)"):
         bad_mask = torch.ones(3, 8, dtype=torch.bool)
         sample(_toy_denoiser, scheduler, 2, noise=noise, known=noise, known_mask=bad_mask)
-    with pytest.raises(TypeError, match="torch.float32"):
-        sample(_toy_denoiser, scheduler, 2, noise=noise, known=noise, known_mask=torch.ones(SHAPE))
+    with pytest.raises(ValueError, match=r"known_mask \(2, 3, 8, 2\) does not broadcast"):
+        sample(_toy_denoiser, scheduler, 2, noise=noise, known=noise, known_mask=torch.ones(2, *SHAPE) > 0)
+    with pytest.raises(TypeError, match="torch.int64"):
+        sample(_toy_denoiser, scheduler, 2, noise=noise, known=noise, known_mask=torch.ones(SHAPE, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        sample(_toy_denoiser, scheduler, 2, noise=noise, known=noise, known_mask=torch.full(SHAPE, 1.5))

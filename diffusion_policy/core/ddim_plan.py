@@ -13,7 +13,8 @@ epsilon: ``x0 = (x - sqrt(1-abar) out) / sqrt(abar)``, ``eps = out``;
 sample: ``x0 = out``, ``eps = (x - sqrt(abar) out) / sqrt(1-abar)``;
 v: ``x0 = sqrt(abar) x - sqrt(1-abar) out``, ``eps = sqrt(abar) out + sqrt(1-abar) x``.
 The update then runs in place on the sample with one preallocated buffer, which also makes the loop
-capturable in a CUDA graph. It reproduces diffusers' ``DDIMScheduler.step`` (eta = 0, no thresholding).
+capturable in a CUDA graph. It reproduces diffusers' ``DDIMScheduler.step`` (eta = 0, no thresholding),
+and ``sample`` inpaints exactly as :func:`diffusion_policy.core.sampling.sample` does.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from dataclasses import dataclass
 import torch
 from diffusers import DDIMScheduler
 from torch import Tensor
+
+from diffusion_policy.core.sampling import blend_known, check_known
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,8 @@ class DDIMCoefficients:
     e_o: float
     keep_x0: float
     keep_eps: float
+    noise_x0: float
+    noise_eps: float
 
 
 class DDIMPlan:
@@ -79,15 +84,30 @@ class DDIMPlan:
             x0.clamp_(-self.clip_range, self.clip_range)
         x.mul_(c.keep_eps * c.e_x).add_(model_out, alpha=c.keep_eps * c.e_o).add_(x0, alpha=c.keep_x0)
 
-    def sample(self, denoiser: Callable[[Tensor, int], Tensor], noise: Tensor) -> Tensor:
+    def sample(
+        self,
+        denoiser: Callable[[Tensor, int], Tensor],
+        noise: Tensor,
+        known: Tensor | None = None,
+        known_mask: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
         """Run every step from ``noise`` ``(B, ...)``; ``denoiser(x_t, step_index) -> out (B, ...)``.
 
+        ``known`` ``(B, ...)`` with a bool or [0, 1] ``known_mask`` inpaints as in
+        :func:`~diffusion_policy.core.sampling.sample` (same noise draws from ``generator``).
         Returns ``x_0`` ``(B, ...)`` in a new tensor (``noise`` is left untouched).
         """
+        check_known(noise, known, known_mask)
         x = noise.clone()
         x0 = torch.empty_like(x)
-        for index in range(len(self.steps)):
+        for index, c in enumerate(self.steps):
+            if known is not None and known_mask is not None:
+                eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+                x = blend_known(x, known * c.noise_x0 + eps * c.noise_eps, known_mask)
             self.step_(index, denoiser(x, index), x, x0)
+        if known is not None and known_mask is not None:
+            x = blend_known(x, known, known_mask)
         return x
 
 
@@ -101,4 +121,4 @@ def _coefficients(t: int, abar: float, abar_prev: float, prediction_type: str) -
         a_x, a_o, e_x, e_o = s, -n, n, s
     else:
         raise ValueError(f"unknown {prediction_type=}")
-    return DDIMCoefficients(t, a_x, a_o, e_x, e_o, math.sqrt(abar_prev), math.sqrt(1.0 - abar_prev))
+    return DDIMCoefficients(t, a_x, a_o, e_x, e_o, math.sqrt(abar_prev), math.sqrt(1.0 - abar_prev), s, n)

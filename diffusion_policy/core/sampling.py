@@ -32,6 +32,8 @@ def sample(
     ``known``/``known_mask`` it does replacement-based inpainting (Song et al. 2021, "Score-Based
     Generative Modeling through SDEs", app. I.2): before every denoiser call the known entries of
     ``x_t`` are overwritten by ``known`` noised to the current step, and at the end by ``known`` itself.
+    A float ``known_mask`` in [0, 1] is a soft mask: each entry moves that fraction of the way to the
+    noised ``known`` (1 holds it, 0 leaves it free), as real-time chunking's decaying overlap needs.
 
     Args:
         denoiser: ``(x_t (B, ...), t) -> (B, ...)``; ``t`` is a 0-d integer tensor.
@@ -42,7 +44,7 @@ def sample(
         noise: explicit initial noise ``(B, ...)``. Exclusive with ``shape``.
         generator: source of all randomness (initial noise, stochastic steps, inpainting noise).
         known: values ``(B, ...)`` to impose where ``known_mask`` is True.
-        known_mask: bool ``(B, ...)``, same shape as the sample.
+        known_mask: bool, or float in [0, 1] (soft), broadcastable to the sample ``(B, ...)``.
         device, dtype: of the initial noise drawn from ``shape`` (default: CPU, float32);
             unused with ``noise``.
 
@@ -54,7 +56,7 @@ def sample(
     if (shape is None) == (noise is None):
         raise ValueError(f"pass exactly one of shape={shape} and noise (given: {noise is not None})")
     x = noise if noise is not None else torch.randn(shape, generator=generator, device=device, dtype=dtype)
-    _check_known(x, known, known_mask)
+    check_known(x, known, known_mask)
 
     scheduler.set_timesteps(num_steps)
     for t in scheduler.timesteps:
@@ -63,7 +65,7 @@ def sample(
         out = denoiser(x, t)
         x = scheduler.step(out, t, x, generator=generator).prev_sample
     if known_mask is not None:
-        x = torch.where(known_mask, known, x)
+        x = blend_known(x, known, known_mask)
     return x
 
 
@@ -77,18 +79,33 @@ def _impose_known(
 ) -> Tensor:
     eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     noised = scheduler.add_noise(known, eps, t.reshape(1).expand(x.shape[0]))
-    return torch.where(mask, noised, x)
+    return blend_known(x, noised, mask)
 
 
-def _check_known(x: Tensor, known: Tensor | None, known_mask: Tensor | None) -> None:
+def blend_known(x: Tensor, known: Tensor, mask: Tensor) -> Tensor:
+    """``known`` where a bool ``mask`` is True; for a float mask ``x + mask * (known - x)``."""
+    if mask.dtype == torch.bool:
+        return torch.where(mask, known, x)
+    return torch.lerp(x, known, mask.to(x.dtype))
+
+
+def check_known(x: Tensor, known: Tensor | None, known_mask: Tensor | None) -> None:
+    """Raise unless ``known`` matches the sample ``x`` and ``known_mask`` is a bool/[0, 1] mask broadcasting to it."""
     if (known is None) != (known_mask is None):
         raise ValueError("known and known_mask must be given together")
     if known is None or known_mask is None:
         return
-    if known.shape != x.shape or known_mask.shape != x.shape:
-        raise ValueError(
-            f"known {tuple(known.shape)} and known_mask {tuple(known_mask.shape)} "
-            f"must match the sample shape {tuple(x.shape)}"
-        )
+    if known.shape != x.shape:
+        raise ValueError(f"known {tuple(known.shape)} must match the sample shape {tuple(x.shape)}")
+    try:
+        fits = torch.broadcast_shapes(known_mask.shape, x.shape) == x.shape
+    except RuntimeError:
+        fits = False
+    if not fits:
+        raise ValueError(f"known_mask {tuple(known_mask.shape)} does not broadcast to the sample shape "
+                         f"{tuple(x.shape)}")
     if known_mask.dtype != torch.bool:
-        raise TypeError(f"known_mask must be bool, got {known_mask.dtype}")
+        if not known_mask.is_floating_point():
+            raise TypeError(f"known_mask must be bool or float, got {known_mask.dtype}")
+        if known_mask.numel() and not bool(((known_mask >= 0) & (known_mask <= 1)).all()):
+            raise ValueError("a float known_mask must lie in [0, 1]")

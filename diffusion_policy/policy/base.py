@@ -50,9 +50,18 @@ class BasePolicy(nn.Module):
         raise NotImplementedError
 
     def sample_chunk(
-        self, cond: torch.Tensor, generator: torch.Generator | None, noise: torch.Tensor | None
+        self,
+        cond: torch.Tensor,
+        generator: torch.Generator | None,
+        noise: torch.Tensor | None,
+        known: torch.Tensor | None = None,
+        known_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """cond `(B, Dc)` -> normalised action chunk `(B, T, Da)`."""
+        """cond `(B, Dc)` -> normalised action chunk `(B, T, Da)`.
+
+        `known` `(B, T, Da)` (normalised) with a bool or [0, 1] `known_mask` broadcastable to it holds
+        part of the chunk while it is sampled (inpainting), for policies that support it.
+        """
         raise NotImplementedError
 
     # --- shared behaviour ---------------------------------------------------------------------
@@ -69,16 +78,47 @@ class BasePolicy(nn.Module):
         obs: ObsLike,
         generator: torch.Generator | None = None,
         noise: torch.Tensor | None = None,
+        prefix: torch.Tensor | None = None,
+        prefix_weights: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """obs `{key: (B, To, *shape)}` -> `{"action": (B, Ta, Da), "action_pred": (B, T, Da)}` in raw units.
 
-        `generator` and/or `noise` `(B, T, Da)` make sampling reproducible.
+        `generator` and/or `noise` `(B, T, Da)` make sampling reproducible. `prefix` `(B, P, Da)` raw
+        actions with `prefix_weights` `(P,)` in [0, 1] hold the chunk's first P actions while it is
+        sampled (real-time chunking): weight 1 holds an action exactly, smaller weights hold it softly.
         """
         obs = validate_obs(obs, self.config.obs_shapes, self.config.n_obs_steps, self.device)
-        chunk = self.sample_chunk(self.condition(obs), generator, noise)
+        cond = self.condition(obs)
+        known, mask = self._prefix_constraint(prefix, prefix_weights, cond.shape[0])
+        chunk = self.sample_chunk(cond, generator, noise, known, mask)
         action_pred = self.normalizer.unnormalize("action", chunk)
         start = self.config.n_obs_steps - 1
         return {"action": action_pred[:, start : start + self.config.n_action_steps], "action_pred": action_pred}
+
+    def _prefix_constraint(
+        self, prefix: torch.Tensor | None, weights: torch.Tensor | None, batch: int
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Raw prefix `(B, P, Da)` + weights `(P,)` -> normalised known `(B, T, Da)` and mask `(1, T, 1)`."""
+        if prefix is None and weights is None:
+            return None, None
+        horizon, action_dim = self.config.horizon, self.config.action_dim
+        if prefix is None or weights is None:
+            raise ValueError("prefix and prefix_weights must be given together")
+        prefix = torch.as_tensor(prefix, dtype=torch.float32, device=self.device)
+        weights = torch.as_tensor(weights, dtype=torch.float32, device=self.device)
+        if prefix.ndim != 3 or prefix.shape[0] != batch or not 1 <= prefix.shape[1] <= horizon \
+                or prefix.shape[2] != action_dim:
+            raise ValueError(f"prefix has shape {tuple(prefix.shape)}; expected (B, P, Da) with B = {batch}, "
+                             f"1 <= P <= {horizon}, Da = {action_dim}")
+        if weights.shape != prefix.shape[1:2]:
+            raise ValueError(f"prefix_weights has shape {tuple(weights.shape)}; expected ({prefix.shape[1]},)")
+        if not torch.isfinite(prefix).all():
+            raise ValueError("prefix contains NaN or inf")
+        known = torch.zeros(batch, horizon, action_dim, device=self.device)
+        known[:, : prefix.shape[1]] = self.normalizer.normalize("action", prefix)
+        mask = torch.zeros(1, horizon, 1, device=self.device)
+        mask[0, : prefix.shape[1], 0] = weights
+        return known, mask
 
     def save(self, path: str | Path) -> None:
         """Write the self-contained policy directory atomically."""

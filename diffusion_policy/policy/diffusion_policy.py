@@ -80,12 +80,17 @@ class DiffusionPolicy(BasePolicy):
         return F.mse_loss(self.network(noisy, t, cond), target)
 
     def sample_chunk(
-        self, cond: torch.Tensor, generator: torch.Generator | None, noise: torch.Tensor | None
+        self,
+        cond: torch.Tensor,
+        generator: torch.Generator | None,
+        noise: torch.Tensor | None,
+        known: torch.Tensor | None = None,
+        known_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """cond `(B, Dc)` -> normalised chunk `(B, T, Da)`."""
+        """cond `(B, Dc)` -> normalised chunk `(B, T, Da)`, inpainting `known` `(B, T, Da)` where masked."""
         shape = None if noise is not None else (cond.shape[0], self.config.horizon, self.config.action_dim)
         if self.uses_fast_inference():
-            return self._sample_fast(cond, generator, noise, shape)
+            return self._sample_fast(cond, generator, noise, shape, known, known_mask)
         return sample(
             lambda x, t: self.network(x, t, cond),
             self.inference_scheduler,
@@ -93,6 +98,8 @@ class DiffusionPolicy(BasePolicy):
             shape=shape,
             noise=noise,
             generator=generator,
+            known=known,
+            known_mask=known_mask,
             device=cond.device,
             dtype=cond.dtype,
         )
@@ -103,8 +110,10 @@ class DiffusionPolicy(BasePolicy):
         generator: torch.Generator | None,
         noise: torch.Tensor | None,
         shape: tuple[int, ...] | None,
+        known: torch.Tensor | None,
+        known_mask: torch.Tensor | None,
     ) -> torch.Tensor:
-        """The fast path of `sample_chunk`; draws the same initial noise as the eager path."""
+        """The fast path of `sample_chunk`; draws the same noise as the eager path."""
         if noise is None:
             noise = torch.randn(shape, generator=generator, device=cond.device, dtype=cond.dtype)
         frozen = self.frozen_network()
@@ -113,11 +122,14 @@ class DiffusionPolicy(BasePolicy):
             if self._ddim_plan is None or len(self._ddim_plan) != steps:
                 self._ddim_plan = DDIMPlan(self.inference_scheduler, steps)
             film = frozen.film(cond, self._ddim_plan.timesteps)
-            return self._ddim_plan.sample(lambda x, i: frozen.denoise(x, film, i), noise)
+            return self._ddim_plan.sample(lambda x, i: frozen.denoise(x, film, i), noise, known, known_mask,
+                                          generator)
         return sample(
             lambda x, t: frozen.denoise(x, frozen.film(cond, t.reshape(1)), 0),
             self.inference_scheduler,
             steps,
             noise=noise,
             generator=generator,
+            known=known,
+            known_mask=known_mask,
         )

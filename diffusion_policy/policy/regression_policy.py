@@ -39,7 +39,18 @@ class RegressionPolicy(BasePolicy):
         return F.mse_loss(self.sample_chunk(self.condition(batch["obs"]), None, None), action)
 
     def sample_chunk(
-        self, cond: torch.Tensor, generator: torch.Generator | None, noise: torch.Tensor | None
+        self,
+        cond: torch.Tensor,
+        generator: torch.Generator | None,
+        noise: torch.Tensor | None,
+        known: torch.Tensor | None = None,
+        known_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """cond `(B, Dc)` -> chunk `(B, T, Da)`; deterministic, so `generator` and `noise` are unused."""
+        """cond `(B, Dc)` -> chunk `(B, T, Da)`; deterministic, so `generator` and `noise` are unused.
+
+        A regression has no sampling process to hold a prefix in: `known` raises ValueError.
+        """
+        if known is not None:
+            raise ValueError("a regression policy cannot hold an action prefix (real-time chunking); "
+                             "use the 'replace' or 'ensemble' chunk transition")
         return self.network(cond).reshape(cond.shape[0], self.config.horizon, self.config.action_dim)

@@ -1,0 +1,217 @@
+"""The real-time controller loop: fixed rate, asynchronous inference, latency compensation, safety.
+
+Tick `k` is due at `t0 + k / rate_hz`. At each tick the loop reads the robot, folds in a chunk that
+has arrived (skipping its actions for ticks already past), asks the background worker for the next
+chunk when fewer than `request_threshold` actions remain planned, and sends the action planned
+for this tick through the safety filter. It never waits for the policy: with nothing planned it
+holds the last safe command, and without a fresh chunk for `safety.stop_after_s` it stops.
+
+Start-up: the first chunk is computed before the clock starts (the robot is at rest, holding), and
+the loop's first tick is the first one after it arrived, so the first actions are latency-
+compensated like every later chunk.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from diffusion_policy.deploy.predictor import ChunkPredictor, ChunkRequest
+from diffusion_policy.deploy.robot import Robot
+from diffusion_policy.deploy.run_log import RunLog
+from diffusion_policy.deploy.safety import SafetyConfig, SafetyFilter
+from diffusion_policy.deploy.transitions import ActionSchedule, check_transition, rtc_prefix
+from diffusion_policy.deploy.worker import InferenceJob, InferenceResult, InferenceWorker
+
+# A short interpreter switch interval lets the loop's thread take the GIL back from the inference
+# thread within half a millisecond instead of the default 5 ms.
+_SWITCH_INTERVAL_S = 5e-4
+_LATENCY_WINDOW = 5
+
+
+@dataclass
+class ControllerConfig:
+    """rate_hz: control rate. transition: see `deploy.transitions`. request_threshold: ask for a new
+    chunk when at most this many actions remain planned (None: after `n_action_steps` actions, as
+    the offline evaluator re-plans). max_ticks: stop after this many ticks (None: run until stopped).
+    seed: chunk `i` samples its noise with `seed + i` (None: fresh noise). record_obs_key: an
+    observation key logged every tick (e.g. the executed position, to plot against commands)."""
+
+    rate_hz: float = 10.0
+    transition: str = "replace"
+    request_threshold: int | None = None
+    ensemble_decay: float = 0.01
+    max_ticks: int | None = None
+    seed: int | None = 0
+    record_obs_key: str | None = None
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.rate_hz <= 1000:
+            raise ValueError(f"rate_hz={self.rate_hz} must be in (0, 1000]")
+        check_transition(self.transition)
+        if self.request_threshold is not None and self.request_threshold < 0:
+            raise ValueError(f"request_threshold={self.request_threshold} must be >= 0")
+        if self.max_ticks is not None and self.max_ticks < 1:
+            raise ValueError(f"max_ticks={self.max_ticks} must be >= 1")
+
+    @property
+    def period(self) -> float:
+        return 1.0 / self.rate_hz
+
+
+class ControllerLoop:
+    """Drives `robot` with chunks from `predictor` at `config.rate_hz`; `run()` returns the `RunLog`."""
+
+    def __init__(self, robot: Robot, predictor: ChunkPredictor, config: ControllerConfig,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self.robot, self.predictor, self.config, self.clock = robot, predictor, config, clock
+        spec = predictor.spec
+        _check_robot(robot, predictor)
+        self.threshold = (config.request_threshold if config.request_threshold is not None
+                          else spec.horizon - spec.n_obs_steps + 1 - spec.n_action_steps)
+        self.schedule = ActionSchedule(config.transition, config.ensemble_decay)
+        self.safety = SafetyFilter.for_robot(config.safety, robot.action_spec.low, robot.action_spec.high,
+                                             spec.action_dim)
+        self.history: deque[dict[str, np.ndarray]] = deque(maxlen=spec.n_obs_steps)
+        self.sent: deque[np.ndarray | None] = deque([None] * (spec.n_obs_steps - 1), maxlen=spec.n_obs_steps - 1)
+        self.latencies: deque[float] = deque(maxlen=_LATENCY_WINDOW)
+        self.log = RunLog(rate_hz=config.rate_hz, transition=config.transition, threshold=self.threshold)
+        self._next_chunk = 0
+        self._last_chunk_time = 0.0
+
+    def run(self, stop_when: Callable[[], bool] | None = None) -> RunLog:
+        """Run until `max_ticks`, `stop_when()` or a safety stop; always leaves the robot holding."""
+        old_interval = sys.getswitchinterval()
+        sys.setswitchinterval(_SWITCH_INTERVAL_S)
+        worker = InferenceWorker(self.predictor, self.clock)
+        self.robot.connect()
+        try:
+            t0, tick = self._start(worker)
+            self._loop(worker, t0, tick, stop_when or (lambda: False))
+        except Exception as err:  # a robot or policy failure: hold, then stop
+            self._stop(self.log.n_ticks, f"{type(err).__name__}: {err}")
+        finally:
+            sys.setswitchinterval(old_interval)
+            self.robot.close()
+            worker.close()
+        self.log.interventions = list(self.safety.interventions)
+        return self.log
+
+    # --- phases ----------------------------------------------------------------------------------
+    def _start(self, worker: InferenceWorker) -> tuple[float, int]:
+        """Plan the first chunk with the robot at rest; returns the clock origin and the first tick."""
+        obs, t_obs = self._observe()
+        self.history.extend([obs] * self.history.maxlen)
+        self._request(worker, tick=0, t_obs=t_obs)
+        result = worker.wait(self.config.safety.stop_after_s)
+        if result is None:
+            raise TimeoutError(f"first chunk not ready within stop_after_s={self.config.safety.stop_after_s} s")
+        tick = max(1, math.ceil((result.t_done - t_obs) / self.config.period))
+        self._accept(result, tick)
+        return t_obs, tick
+
+    def _loop(self, worker: InferenceWorker, t0: float, tick: int, stop_when: Callable[[], bool]) -> None:
+        period = self.config.period
+        while self.config.max_ticks is None or tick < self.config.max_ticks:
+            due = t0 + tick * period
+            _sleep_until(due, self.clock)
+            t_start = self.clock()
+            if stop_when():
+                self.log.stop_reason = "stop_when"
+                return
+            if not self._tick(worker, tick, due, t_start):
+                return
+            late = math.floor((self.clock() - t0) / period) + 1 - (tick + 1)
+            if late > 0:  # fell behind by whole periods: those ticks are lost
+                self.log.missed_ticks.extend(range(tick + 1, tick + 1 + late))
+            tick += 1 + max(late, 0)
+        self.log.stop_reason = "max_ticks"
+
+    def _tick(self, worker: InferenceWorker, tick: int, due: float, t_start: float) -> bool:
+        """One control tick; False when the loop must stop."""
+        obs, t_obs = self._observe()
+        self.history.append(obs)
+        result = worker.poll()
+        if result is not None:
+            if result.error is not None:
+                self._stop(tick, f"policy raised {type(result.error).__name__}: {result.error}")
+                return False
+            self._accept(result, tick)
+        if t_obs - self._last_chunk_time > self.config.safety.stop_after_s:
+            self._stop(tick, f"watchdog: no fresh chunk for {t_obs - self._last_chunk_time:.3f} s")
+            return False
+        if not worker.busy and self.schedule.remaining(tick) <= self.threshold:
+            self._request(worker, tick, t_obs)
+        planned = self.schedule.pop(tick)
+        command = self.safety.filter(None if planned is None else planned[0], self.clock(), tick)
+        if command is not None:
+            self.robot.send_action(command)
+        t_sent = self.clock()
+        self.sent.append(command)
+        self.log.record_tick(tick, due, t_start, t_obs, t_sent, command, -1 if planned is None else planned[1],
+                             self.schedule.remaining(tick + 1), obs.get(self.config.record_obs_key))
+        return True
+
+    # --- helpers ---------------------------------------------------------------------------------
+    def _observe(self) -> tuple[dict[str, np.ndarray], float]:
+        obs = self.robot.get_observation()
+        return obs, self.clock()
+
+    def _request(self, worker: InferenceWorker, tick: int, t_obs: float) -> None:
+        spec = self.predictor.spec
+        obs = {k: np.stack([frame[k] for frame in self.history]) for k in spec.obs_shapes}
+        delay = math.ceil(max(self.latencies, default=0.0) / self.config.period)
+        prefix = weights = None
+        if self.config.transition.startswith("rtc"):
+            held = rtc_prefix(list(self.sent), self.schedule, tick, delay, spec.horizon,
+                              soft=self.config.transition == "rtc_soft")
+            if held is not None:
+                prefix, weights = held
+        seed = None if self.config.seed is None else self.config.seed + self._next_chunk
+        job = InferenceJob(self._next_chunk, tick, t_obs, ChunkRequest(obs, prefix, weights, seed), delay)
+        self._next_chunk += 1
+        worker.submit(job)
+
+    def _accept(self, result: InferenceResult, now_tick: int) -> None:
+        spec = self.predictor.spec
+        chunk = result.chunk[spec.n_obs_steps - 1:]
+        skipped = self.schedule.merge(chunk, result.job.tick, now_tick, result.job.chunk_id)
+        self.latencies.append(result.latency_s)
+        self._last_chunk_time = result.t_done
+        self.log.record_inference(result, now_tick, skipped)
+
+    def _stop(self, tick: int, reason: str) -> None:
+        """Hold the last safe command (never a partial one), log, and end the run."""
+        if self.safety.last_safe is not None:
+            try:
+                self.robot.send_action(self.safety.last_safe.copy())
+            except Exception as err:  # the robot itself failed: nothing more can be sent
+                reason += f"; hold failed: {type(err).__name__}: {err}"
+        self.safety.log(self.clock(), tick, "stop", reason)
+        self.log.stop_reason = reason
+
+
+def _check_robot(robot: Robot, predictor: ChunkPredictor) -> None:
+    """Raise ValueError naming the key unless the robot gives every observation the policy needs."""
+    spec = predictor.spec
+    for key, shape in spec.obs_shapes.items():
+        if key not in robot.observation_spec:
+            raise ValueError(f"policy needs observation {key!r} {tuple(shape)}; the robot gives "
+                             f"{sorted(robot.observation_spec)}")
+        if tuple(robot.observation_spec[key].shape) != tuple(shape):
+            raise ValueError(f"policy needs observation {key!r} of shape {tuple(shape)}; the robot gives "
+                             f"{tuple(robot.observation_spec[key].shape)}")
+    if tuple(robot.action_spec.shape) != (spec.action_dim,):
+        raise ValueError(f"policy gives actions ({spec.action_dim},); the robot takes {tuple(robot.action_spec.shape)}")
+
+
+def _sleep_until(deadline: float, clock: Callable[[], float]) -> None:
+    while (left := deadline - clock()) > 0:
+        time.sleep(left)

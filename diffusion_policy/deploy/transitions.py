@@ -1,0 +1,118 @@
+"""Chunk transitions: how a newly arrived action chunk joins the actions already planned per tick.
+
+Ticks count control periods. A chunk planned from the observation of tick `k` gives actions for
+ticks `k, k+1, ...` (chunk index `To - 1` onward). When it arrives at tick `m > k`, the actions of
+ticks before `m` are skipped (their time has passed: latency compensation). Then, per transition:
+
+- `replace`: the new chunk's actions overwrite the plan from tick `m` on.
+- `ensemble`: temporal ensembling (Zhao et al. 2023, ACT): every chunk that planned a tick votes,
+  weighted `exp(-decay * i)` with `i = 0` for the oldest chunk.
+- `rtc_inpaint` / `rtc_soft`: real-time chunking (after Black et al. 2025, "Real-Time Execution of
+  Action Chunking Flow Policies", for flow policies; here for diffusion). The next chunk is sampled
+  with its first actions held to the committed ones: the actions already executed (chunk indices
+  before `To - 1`) and those that will execute while it is computed (`delay` ticks), so they are
+  identical by construction and the new chunk continues them. `rtc_soft` also holds the rest of
+  the old plan softly, with weights decaying from 1 to 0 (the paper's exponential soft mask), applied
+  by soft-mask inpainting in the sampling loop rather than by guidance gradients, which would need a
+  backward pass through the network per step. The chunk then replaces the plan.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+TRANSITIONS = ("replace", "ensemble", "rtc_inpaint", "rtc_soft")
+
+
+def check_transition(transition: str) -> None:
+    if transition not in TRANSITIONS:
+        raise ValueError(f"{transition=} is not one of {TRANSITIONS}")
+
+
+class ActionSchedule:
+    """Actions `(Da,)` planned per tick, each tagged with the id of the chunk that planned it."""
+
+    def __init__(self, transition: str = "replace", ensemble_decay: float = 0.01) -> None:
+        check_transition(transition)
+        if ensemble_decay < 0:
+            raise ValueError(f"{ensemble_decay=} must be >= 0")
+        self.transition = transition
+        self.ensemble_decay = ensemble_decay
+        self._plan: dict[int, list[tuple[np.ndarray, int]]] = {}
+
+    def merge(self, chunk: np.ndarray, first_tick: int, now_tick: int, chunk_id: int) -> int:
+        """Add chunk `(n, Da)` whose row 0 acts at `first_tick`; rows before `now_tick` are skipped.
+
+        Returns the number of rows skipped.
+        """
+        skipped = min(max(0, now_tick - first_tick), len(chunk))
+        for j in range(skipped, len(chunk)):
+            entry = (np.asarray(chunk[j], dtype=np.float64), chunk_id)
+            if self.transition == "ensemble":
+                self._plan.setdefault(first_tick + j, []).append(entry)
+            else:
+                self._plan[first_tick + j] = [entry]
+        return skipped
+
+    def remaining(self, tick: int) -> int:
+        """How many ticks from `tick` on have an action planned."""
+        return sum(1 for t in self._plan if t >= tick)
+
+    def planned(self, tick: int) -> tuple[np.ndarray, int] | None:
+        """The action `(Da,)` and newest chunk id planned for `tick`, or None."""
+        entries = self._plan.get(tick)
+        if not entries:
+            return None
+        if len(entries) == 1:
+            return entries[0]
+        weights = np.exp(-self.ensemble_decay * np.arange(len(entries)))
+        actions = np.stack([a for a, _ in entries])
+        return (weights[:, None] * actions).sum(0) / weights.sum(), entries[-1][1]
+
+    def pop(self, tick: int) -> tuple[np.ndarray, int] | None:
+        """`planned(tick)`, forgetting every tick up to and including `tick`."""
+        out = self.planned(tick)
+        for t in [t for t in self._plan if t <= tick]:
+            del self._plan[t]
+        return out
+
+
+def soft_mask_weights(n: int) -> np.ndarray:
+    """`(n,)` weights decaying from near 1 to near 0: `c (e^c - 1) / (e - 1)` with `c` from 1 to 0 exclusive."""
+    c = 1.0 - np.arange(1, n + 1) / (n + 1)
+    return c * np.expm1(c) / math.expm1(1.0)
+
+
+def rtc_prefix(
+    executed: Sequence[np.ndarray | None],
+    schedule: ActionSchedule,
+    tick: int,
+    delay: int,
+    horizon: int,
+    soft: bool,
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Prefix `(P, Da)` and weights `(P,)` for a chunk planned from the observation of `tick`.
+
+    `executed`: the `To - 1` actions sent at ticks `tick - To + 1 .. tick - 1` (None where none was),
+    held at chunk indices `0 .. To - 2`. The planned actions of ticks `tick .. tick + delay - 1` are
+    held with weight 1; with `soft`, the rest of the plan follows with decaying weights. Actions
+    missing from the plan get weight 0. None when nothing is held.
+    """
+    rows: list[np.ndarray | None] = list(executed)
+    hard = len(rows) + delay
+    t = tick
+    while len(rows) < horizon and (len(rows) < hard or (soft and schedule.planned(t) is not None)):
+        entry = schedule.planned(t)
+        rows.append(None if entry is None else entry[0])
+        t += 1
+    weights = np.ones(len(rows))
+    weights[hard:] = soft_mask_weights(max(0, len(rows) - hard))
+    known = [r for r in rows if r is not None]
+    if not known:
+        return None
+    filler = known[0]
+    weights[[i for i, r in enumerate(rows) if r is None]] = 0.0
+    return np.stack([filler if r is None else r for r in rows]), weights

@@ -1,0 +1,122 @@
+"""Deploy building blocks: chunk transitions, the RTC prefix, the safety filter, the real-time sim robot."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from diffusion_policy.deploy.run_log import boundary_discontinuity
+from diffusion_policy.deploy.safety import SafetyConfig, SafetyFilter
+from diffusion_policy.deploy.sim_robot import MujocoSimRobot
+from diffusion_policy.deploy.transitions import ActionSchedule, rtc_prefix, soft_mask_weights
+from envs import PUSHT_ID
+
+
+def chunk(start: float, n: int = 6) -> np.ndarray:
+    return (start + np.arange(n, dtype=float))[:, None]
+
+
+def test_replace_skips_past_ticks_and_overwrites_the_rest():
+    schedule = ActionSchedule("replace")
+    assert schedule.merge(chunk(0), first_tick=10, now_tick=10, chunk_id=0) == 0
+    assert schedule.merge(chunk(100), first_tick=12, now_tick=14, chunk_id=1) == 2  # ticks 12, 13 passed
+    assert schedule.pop(10) == (pytest.approx([0.0]), 0)
+    assert schedule.remaining(11) == 7  # tick 11, 12, 13 from chunk 0, then 14..17 from chunk 1
+    assert schedule.pop(13)[0] == pytest.approx([3.0])  # pop forgets tick 11 and 12 too
+    assert schedule.pop(14) == (pytest.approx([102.0]), 1)
+    assert schedule.pop(30) is None
+
+
+def test_ensemble_weights_older_chunks_more():
+    schedule = ActionSchedule("ensemble", ensemble_decay=np.log(2))  # weights 1, 1/2
+    schedule.merge(chunk(0), 0, 0, chunk_id=0)
+    schedule.merge(chunk(30), 2, 2, chunk_id=1)
+    action, newest = schedule.pop(3)
+    assert newest == 1 and action == pytest.approx([(3.0 + 0.5 * 31.0) / 1.5])
+    assert schedule.planned(7) == (pytest.approx([35.0]), 1)  # only chunk 1 reaches tick 7
+
+
+def test_soft_mask_decays_from_one_to_zero():
+    w = soft_mask_weights(5)
+    assert np.all(np.diff(w) < 0) and 0 < w[-1] < w[0] < 1
+    assert soft_mask_weights(0).shape == (0,)
+
+
+def test_rtc_prefix_holds_executed_and_committed_actions():
+    schedule = ActionSchedule("rtc_inpaint")
+    schedule.merge(chunk(0, 8), first_tick=0, now_tick=0, chunk_id=0)
+    executed = [np.array([-1.0])]  # To - 1 = 1 action sent at tick 4
+    prefix, weights = rtc_prefix(executed, schedule, tick=5, delay=2, horizon=16, soft=False)
+    np.testing.assert_array_equal(prefix[:, 0], [-1.0, 5.0, 6.0])
+    np.testing.assert_array_equal(weights, [1, 1, 1])
+    prefix, weights = rtc_prefix(executed, schedule, tick=5, delay=2, horizon=16, soft=True)
+    np.testing.assert_array_equal(prefix[:, 0], [-1.0, 5.0, 6.0, 7.0])  # tick 7 is the last planned
+    assert weights[:3].tolist() == [1, 1, 1] and 0 < weights[3] < 1
+    prefix, weights = rtc_prefix([None], schedule, tick=5, delay=1, horizon=16, soft=False)
+    assert weights.tolist() == [0.0, 1.0]  # nothing was sent at tick 4: left free
+    assert rtc_prefix([None], ActionSchedule("rtc_inpaint"), tick=0, delay=3, horizon=16, soft=True) is None
+
+
+def test_safety_filter_guards_every_command():
+    safety = SafetyFilter.for_robot(SafetyConfig(max_delta=[1.0, 10.0]), np.zeros(2), np.full(2, 5.0), 2)
+    assert safety.filter(None, 0.0, 0) is None  # nothing safe to hold yet
+    np.testing.assert_array_equal(safety.filter(np.array([9.0, 1.0]), 0.1, 1), [5.0, 1.0])
+    np.testing.assert_array_equal(safety.filter(np.array([1.0, 4.0]), 0.2, 2), [4.0, 4.0])
+    np.testing.assert_array_equal(safety.filter(np.array([np.nan, 0.0]), 0.3, 3), [4.0, 4.0])
+    np.testing.assert_array_equal(safety.filter(None, 0.4, 4), [4.0, 4.0])
+    assert [(i.kind, i.tick) for i in safety.interventions] == [
+        ("hold", 0), ("clipped", 1), ("rate_limited", 2), ("non_finite", 3), ("hold", 4)]
+    with pytest.raises(ValueError, match="exceed high"):
+        SafetyFilter.for_robot(SafetyConfig(low=[1.0], high=[0.0]), None, None, 1)
+
+
+def test_boundary_discontinuity_measures_jumps_between_chunks():
+    commands = np.array([[0.0], [1.0], [2.0], [5.0], [6.0], [7.0]])
+    stats = boundary_discontinuity(commands, np.array([0, 0, 0, 1, 1, 1]))
+    assert stats["count"] == 1 and stats["jump_max"] == 3.0 and stats["inside_step_mean"] == 1.0
+    assert stats["jerk_max"] == pytest.approx(np.abs(6 - 3 * 5 + 3 * 2 - 1))
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize("time_scale", [1.0, 2.0])
+def test_sim_robot_physics_follows_the_clock(time_scale):
+    clock = FakeClock()
+    robot = MujocoSimRobot(PUSHT_ID, seed=3, time_scale=time_scale, clock=clock)
+    with pytest.raises(RuntimeError, match="not connected"):
+        robot.get_observation()
+    robot.connect()
+    start = robot.get_observation()["agent_pos"].copy()
+    robot.send_action(start + np.array([40.0, 0.0]))
+    assert robot.sim_time == 0.0
+    clock.now += 0.25
+    moved = robot.get_observation()["agent_pos"]
+    assert robot.sim_time == pytest.approx(0.25 * time_scale)
+    assert moved[0] > start[0] + 5 and moved[1] == pytest.approx(start[1], abs=1.0)  # the world moved on
+    assert robot.outcome()["success"] is False and 0 <= robot.outcome()["score"] <= 1
+    assert set(robot.observation_spec) == {"agent_pos", "keypoints"} and robot.action_spec.shape == (2,)
+    robot.close()
+
+
+def test_sim_robot_matches_stepping_the_env():
+    """Held for one control period in real time, the sim ends where one env.step ends."""
+    import gymnasium as gym
+
+    clock = FakeClock()
+    robot = MujocoSimRobot(PUSHT_ID, seed=5, clock=clock)
+    robot.connect()
+    target = robot.get_observation()["agent_pos"] + np.array([20.0, -10.0])
+    robot.send_action(target)
+    clock.now += 0.1
+    real_time = robot.get_observation()
+    env = gym.make(PUSHT_ID)
+    env.reset(seed=5)
+    stepped = env.step(target)[0]
+    for key in stepped:
+        np.testing.assert_allclose(real_time[key], stepped[key], atol=1e-4)
