@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 RUN := runs/demo
 
-.PHONY: setup demo demo-multimodal test test-slow bench clean
+.PHONY: setup demo demo-multimodal robot test test-slow bench clean
 
 setup: $(STAMP)
 
@@ -36,6 +36,10 @@ demo-multimodal: $(STAMP)
 		run_dir=$(RUN)/regression
 	$(PY) scripts/multimodality.py --diffusion $(RUN)/diffusion/policy --regression $(RUN)/regression/policy \
 		--out $(RUN)/multimodality
+
+# The demo's policy in a real-time control loop on the simulated Push-T robot (after `make demo`).
+robot: $(STAMP)
+	$(PY) scripts/run_robot.py --policy $(RUN)/pusht/policy --episodes 5 --plot --out $(RUN)/robot
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -18,19 +18,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-
 from diffusion_policy.core.trainer import resolve_device
-from diffusion_policy.eval.callback import BEST_POLICY_DIR
 from diffusion_policy.eval.metrics import EvalResult, format_table
 from diffusion_policy.eval.rollout import VECTOR_MODES, EvalConfig, evaluate_policy
+from diffusion_policy.eval.run_dir import find_run, resolve_policy_dir
 from diffusion_policy.policy import DiffusionPolicy, load_policy
 from diffusion_policy.policy.diffusion_policy import INFERENCE_MODES
-
-POLICY_CONFIG = "config.json"
-RUN_CONFIG = "config.yaml"
-# A policy directory sits at most this deep below its run: <run>/checkpoints/step_XXXXXXXX/policy.
-_RUN_SEARCH_DEPTH = 3
 
 
 def _json_object(text: str) -> dict[str, Any]:
@@ -61,24 +54,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="diffusion sampling path: auto (fast on CPU), eager (float32 as trained) or fast (bf16)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser.parse_args(argv)
-
-
-def resolve_policy_dir(path: Path) -> Path:
-    """`path` itself if it is a policy directory, else a run's `best_policy/`, else its `policy/`."""
-    for candidate in (path, path / BEST_POLICY_DIR, path / "policy"):
-        if (candidate / POLICY_CONFIG).is_file():
-            return candidate
-    raise FileNotFoundError(f"{path} is neither a policy directory (no {POLICY_CONFIG}) "
-                            f"nor a run directory with {BEST_POLICY_DIR}/ or policy/")
-
-
-def find_run(policy_dir: Path) -> tuple[Path, dict[str, Any]] | None:
-    """The training run holding `policy_dir` and its task config, from the nearest `config.yaml` above it."""
-    for run_dir in list(policy_dir.resolve().parents)[:_RUN_SEARCH_DEPTH]:
-        if (run_dir / RUN_CONFIG).is_file():
-            config = OmegaConf.to_container(OmegaConf.load(run_dir / RUN_CONFIG), resolve=True)
-            return run_dir, config.get("task") or {}
-    return None
 
 
 def build_config(args: argparse.Namespace, task: dict[str, Any]) -> EvalConfig:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from diffusion_policy.deploy.run_log import boundary_discontinuity
+from diffusion_policy.deploy.run_log import boundary_measurements
 from diffusion_policy.deploy.safety import SafetyConfig, SafetyFilter
 from diffusion_policy.deploy.sim_robot import MujocoSimRobot
 from diffusion_policy.deploy.transitions import ActionSchedule, rtc_prefix, soft_mask_weights
@@ -25,6 +25,16 @@ def test_replace_skips_past_ticks_and_overwrites_the_rest():
     assert schedule.pop(13)[0] == pytest.approx([3.0])  # pop forgets tick 11 and 12 too
     assert schedule.pop(14) == (pytest.approx([102.0]), 1)
     assert schedule.pop(30) is None
+
+
+def test_held_rows_keep_the_committed_plan():
+    schedule = ActionSchedule("rtc_inpaint")
+    schedule.merge(chunk(0), first_tick=0, now_tick=0, chunk_id=0)
+    schedule.merge(chunk(50), first_tick=3, now_tick=4, chunk_id=1, n_held=2)  # ticks 3, 4 were held
+    assert schedule.pop(4) == (pytest.approx([4.0]), 0)  # still chunk 0's: the switch comes after
+    assert schedule.pop(5) == (pytest.approx([52.0]), 1)
+    schedule.merge(chunk(80), first_tick=20, now_tick=20, chunk_id=2, n_held=3)  # nothing planned there
+    assert schedule.pop(20) == (pytest.approx([80.0]), 2)
 
 
 def test_ensemble_weights_older_chunks_more():
@@ -72,9 +82,9 @@ def test_safety_filter_guards_every_command():
 
 def test_boundary_discontinuity_measures_jumps_between_chunks():
     commands = np.array([[0.0], [1.0], [2.0], [5.0], [6.0], [7.0]])
-    stats = boundary_discontinuity(commands, np.array([0, 0, 0, 1, 1, 1]))
-    assert stats["count"] == 1 and stats["jump_max"] == 3.0 and stats["inside_step_mean"] == 1.0
-    assert stats["jerk_max"] == pytest.approx(np.abs(6 - 3 * 5 + 3 * 2 - 1))
+    stats = boundary_measurements(commands, np.array([0, 0, 0, 1, 1, 1]))
+    assert stats["jump"].tolist() == [3.0] and stats["inside"].tolist() == [1.0] * 4
+    assert stats["jerk"].tolist() == [pytest.approx(abs(6 - 3 * 5 + 3 * 2 - 1))]
 
 
 class FakeClock:

@@ -41,7 +41,9 @@ class ControllerConfig:
     chunk when at most this many actions remain planned (None: after `n_action_steps` actions, as
     the offline evaluator re-plans). max_ticks: stop after this many ticks (None: run until stopped).
     seed: chunk `i` samples its noise with `seed + i` (None: fresh noise). record_obs_key: an
-    observation key logged every tick (e.g. the executed position, to plot against commands)."""
+    observation key logged every tick (e.g. the executed position, to plot against commands).
+    rtc_margin: real-time chunking holds the actions of `ceil(recent max latency / period) +
+    rtc_margin` ticks, so a chunk that arrives late still starts on a committed action."""
 
     rate_hz: float = 10.0
     transition: str = "replace"
@@ -50,6 +52,7 @@ class ControllerConfig:
     max_ticks: int | None = None
     seed: int | None = 0
     record_obs_key: str | None = None
+    rtc_margin: int = 1
     safety: SafetyConfig = field(default_factory=SafetyConfig)
 
     def __post_init__(self) -> None:
@@ -58,6 +61,8 @@ class ControllerConfig:
         check_transition(self.transition)
         if self.request_threshold is not None and self.request_threshold < 0:
             raise ValueError(f"request_threshold={self.request_threshold} must be >= 0")
+        if self.rtc_margin < 0:
+            raise ValueError(f"rtc_margin={self.rtc_margin} must be >= 0")
         if self.max_ticks is not None and self.max_ticks < 1:
             raise ValueError(f"max_ticks={self.max_ticks} must be >= 1")
 
@@ -167,7 +172,7 @@ class ControllerLoop:
     def _request(self, worker: InferenceWorker, tick: int, t_obs: float) -> None:
         spec = self.predictor.spec
         obs = {k: np.stack([frame[k] for frame in self.history]) for k in spec.obs_shapes}
-        delay = math.ceil(max(self.latencies, default=0.0) / self.config.period)
+        delay = math.ceil(max(self.latencies, default=0.0) / self.config.period) + self.config.rtc_margin
         prefix = weights = None
         if self.config.transition.startswith("rtc"):
             held = rtc_prefix(list(self.sent), self.schedule, tick, delay, spec.horizon,
@@ -180,9 +185,12 @@ class ControllerLoop:
         worker.submit(job)
 
     def _accept(self, result: InferenceResult, now_tick: int) -> None:
-        spec = self.predictor.spec
-        chunk = result.chunk[spec.n_obs_steps - 1:]
-        skipped = self.schedule.merge(chunk, result.job.tick, now_tick, result.job.chunk_id)
+        start = self.predictor.spec.n_obs_steps - 1
+        request = result.job.request
+        # Rows held with weight 1 from this tick on are the committed actions: the plan keeps them.
+        weights = request.prefix_weights[start:] if request.prefix_weights is not None else np.zeros(0)
+        n_held = int(np.argmin(np.append(weights, 0.0) == 1.0))
+        skipped = self.schedule.merge(result.chunk[start:], result.job.tick, now_tick, result.job.chunk_id, n_held)
         self.latencies.append(result.latency_s)
         self._last_chunk_time = result.t_done
         self.log.record_inference(result, now_tick, skipped)

@@ -55,27 +55,22 @@ class RunLog:
 
     def summary(self) -> dict[str, Any]:
         """Timing, queue and boundary-discontinuity statistics (seconds; action units per tick)."""
+        return pooled_summary([self])
+
+    def raw_measurements(self) -> dict[str, np.ndarray]:
+        """The per-tick / per-inference / per-boundary values `pooled_summary` reduces."""
         period = 1.0 / self.rate_hz
-        starts = np.array([t["start"] for t in self.ticks])
-        due = np.array([t["due"] for t in self.ticks])
-        sent = np.array([t["sent"] for t in self.ticks])
-        ticks = np.array([t["tick"] for t in self.ticks])
-        consecutive = np.diff(ticks) == 1
-        jitter = np.abs(np.diff(starts)[consecutive] - period)
-        latency = np.array([i["latency_s"] for i in self.inferences])
-        late = int(np.sum(sent - due > period))
+        starts, due, sent = (np.array([t[k] for t in self.ticks]) for k in ("start", "due", "sent"))
+        consecutive = np.diff(np.array([t["tick"] for t in self.ticks])) == 1
+        boundaries = boundary_measurements(self.commands(), np.array([t["chunk"] for t in self.ticks]))
         return {
-            "ticks": self.n_ticks,
-            "period_jitter_ms": _percentiles(jitter * 1e3),
-            "start_lag_ms": _percentiles((starts - due) * 1e3),
-            "deadline_misses": late + len(self.missed_ticks),
-            "inference_latency_ms": _percentiles(latency * 1e3),
-            "inferences": len(self.inferences),
-            "skipped_actions": int(sum(i["skipped"] for i in self.inferences)),
-            "queue_depth": _percentiles(np.array([t["queue"] for t in self.ticks], dtype=float)),
-            "boundaries": boundary_discontinuity(self.commands(), np.array([t["chunk"] for t in self.ticks])),
-            "interventions": _count([i.kind for i in self.interventions]),
-            "stop_reason": self.stop_reason,
+            "jitter": np.abs(np.diff(starts)[consecutive] - period),
+            "start_lag": starts - due,
+            "late": np.array([int(np.sum(sent - due > period)) + len(self.missed_ticks)]),
+            "latency": np.array([i["latency_s"] for i in self.inferences]),
+            "skipped": np.array([i["skipped"] for i in self.inferences]),
+            "queue": np.array([t["queue"] for t in self.ticks], dtype=float),
+            **boundaries,
         }
 
     def to_json(self, path: str | Path) -> None:
@@ -85,9 +80,30 @@ class RunLog:
         save_json(data, path)
 
 
-def boundary_discontinuity(commands: np.ndarray, chunk_ids: np.ndarray) -> dict[str, float]:
-    """Jump `|a_k - a_{k-1}|` and jerk `|third difference|` at ticks where the source chunk changes,
-    against the same jump measured inside chunks. `commands` `(N, Da)`, `chunk_ids` `(N,)`."""
+def pooled_summary(logs: list[RunLog]) -> dict[str, Any]:
+    """Statistics over the ticks, inferences and chunk boundaries of several runs (episodes)."""
+    raw = {k: np.concatenate([log.raw_measurements()[k] for log in logs]) for k in
+           ("jitter", "start_lag", "late", "latency", "skipped", "queue", "jump", "inside", "jerk")}
+    return {
+        "ticks": sum(log.n_ticks for log in logs),
+        "period_jitter_ms": _percentiles(raw["jitter"] * 1e3),
+        "start_lag_ms": _percentiles(raw["start_lag"] * 1e3),
+        "deadline_misses": int(raw["late"].sum()),
+        "inference_latency_ms": _percentiles(raw["latency"] * 1e3),
+        "inferences": int(raw["latency"].size),
+        "skipped_actions": int(raw["skipped"].sum()),
+        "queue_depth": _percentiles(raw["queue"]),
+        "boundaries": {"count": int(raw["jump"].size), "jump_mean": _mean(raw["jump"]), "jump_max": _max(raw["jump"]),
+                       "inside_step_mean": _mean(raw["inside"]), "jerk_mean": _mean(raw["jerk"]),
+                       "jerk_max": _max(raw["jerk"])},
+        "interventions": _count([i.kind for log in logs for i in log.interventions]),
+        "stop_reasons": _count([log.stop_reason for log in logs]),
+    }
+
+
+def boundary_measurements(commands: np.ndarray, chunk_ids: np.ndarray) -> dict[str, np.ndarray]:
+    """At ticks where the source chunk changes: jump `|a_k - a_{k-1}|` and jerk `|third difference|`
+    centred there; and the same step measured inside chunks. `commands` `(N, Da)`, `chunk_ids` `(N,)`."""
     valid = np.all(np.isfinite(commands), axis=1) & (chunk_ids >= 0)
     step = np.linalg.norm(np.diff(commands, axis=0), axis=1)
     both = valid[1:] & valid[:-1]
@@ -96,15 +112,9 @@ def boundary_discontinuity(commands: np.ndarray, chunk_ids: np.ndarray) -> dict[
     jerk = np.full(len(commands), np.nan)
     if len(commands) >= 4:
         third = commands[3:] - 3 * commands[2:-1] + 3 * commands[1:-2] - commands[:-3]
-        jerk[2:-1] = np.linalg.norm(third, axis=1)  # centred on the tick after the boundary
-    at = np.flatnonzero(boundary) + 1
-    jerks = jerk[at][np.isfinite(jerk[at])]
-    return {
-        "count": int(boundary.sum()),
-        "jump_mean": _mean(step[boundary]), "jump_max": _max(step[boundary]),
-        "inside_step_mean": _mean(step[inside]),
-        "jerk_mean": _mean(jerks), "jerk_max": _max(jerks),
-    }
+        jerk[2:-1] = np.linalg.norm(third, axis=1)  # a_{k+1} - 3 a_k + 3 a_{k-1} - a_{k-2} at tick k
+    at = jerk[np.flatnonzero(boundary) + 1]
+    return {"jump": step[boundary], "inside": step[inside], "jerk": at[np.isfinite(at)]}
 
 
 def _percentiles(values: np.ndarray) -> dict[str, float]:

@@ -43,17 +43,19 @@ class ActionSchedule:
         self.ensemble_decay = ensemble_decay
         self._plan: dict[int, list[tuple[np.ndarray, int]]] = {}
 
-    def merge(self, chunk: np.ndarray, first_tick: int, now_tick: int, chunk_id: int) -> int:
+    def merge(self, chunk: np.ndarray, first_tick: int, now_tick: int, chunk_id: int, n_held: int = 0) -> int:
         """Add chunk `(n, Da)` whose row 0 acts at `first_tick`; rows before `now_tick` are skipped.
 
-        Returns the number of rows skipped.
+        `n_held`: the first rows were held to the plan while sampling (real-time chunking); where the
+        plan still has those ticks, its actions (and chunk ids) stay, so the transition is where the
+        new chunk's own actions begin. Returns the number of rows skipped.
         """
         skipped = min(max(0, now_tick - first_tick), len(chunk))
         for j in range(skipped, len(chunk)):
             entry = (np.asarray(chunk[j], dtype=np.float64), chunk_id)
             if self.transition == "ensemble":
                 self._plan.setdefault(first_tick + j, []).append(entry)
-            else:
+            elif j >= n_held or first_tick + j not in self._plan:
                 self._plan[first_tick + j] = [entry]
         return skipped
 

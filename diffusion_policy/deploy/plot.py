@@ -1,0 +1,43 @@
+"""Commanded vs executed actions of a controller run, with chunk boundaries and interventions marked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from diffusion_policy.deploy.run_log import RunLog  # noqa: E402
+
+
+def plot_commands(log: RunLog, path: str | Path, observed_label: str = "executed") -> Path:
+    """One panel per action dimension: commands per tick (steps), the recorded observation key
+    (`ControllerConfig.record_obs_key`) when logged, chunk boundaries (grey) and interventions (red)."""
+    commands = log.commands()
+    t = np.array([tick["sent"] for tick in log.ticks]) - log.ticks[0]["due"]
+    chunks = np.array([tick["chunk"] for tick in log.ticks])
+    observed = [tick["observed"] for tick in log.ticks]
+    n_dims = commands.shape[1]
+    fig, axes = plt.subplots(n_dims, 1, figsize=(9, 2.6 * n_dims), sharex=True, squeeze=False)
+    for d, ax in enumerate(axes[:, 0]):
+        ax.step(t, commands[:, d], where="post", label="commanded", lw=1.2)
+        if all(o is not None and len(o) == n_dims for o in observed):
+            ax.plot(t, np.array(observed)[:, d], label=observed_label, lw=1.0)
+        for k in np.flatnonzero(chunks[1:] != chunks[:-1]) + 1:
+            ax.axvline(t[k], color="0.8", lw=0.6, zorder=0)
+        t_first = log.ticks[0]["due"]
+        for event in log.interventions:
+            ax.axvline(event.time - t_first, color="tab:red", lw=0.8, alpha=0.6)
+        ax.set_ylabel(f"action[{d}]")
+    axes[0, 0].legend(loc="upper right", fontsize=8)
+    axes[0, 0].set_title(f"{log.transition} at {log.rate_hz:g} Hz (grey: chunk boundaries, red: interventions)")
+    axes[-1, 0].set_xlabel("time (s)")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,81 @@
+r"""Real-time Push-T with each chunk transition against offline evaluation of the same checkpoint.
+
+For each transition, runs `scripts/run_robot.py`'s episodes (same seeds, wall-clock physics), then
+evaluates the policy offline (`evaluate_policy`, same seeds), and writes `transitions.json` and a
+markdown table `transitions.md`: success, score, boundary jump / jerk and loop timing per mode.
+
+Example (about 25 s per episode and mode at --time-scale 1):
+    python scripts/compare_transitions.py --policy runs/demo/pusht/policy --episodes 25
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+from pathlib import Path
+
+from diffusion_policy.core.checkpoint import save_json
+from diffusion_policy.eval.rollout import EvalConfig, evaluate_policy
+from diffusion_policy.eval.run_dir import resolve_policy_dir
+from diffusion_policy.policy import DiffusionPolicy, load_policy
+
+_spec = importlib.util.spec_from_file_location("run_robot", Path(__file__).parent / "run_robot.py")
+run_robot = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(run_robot)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--policy", required=True, type=Path)
+    parser.add_argument("--episodes", type=int, default=25)
+    parser.add_argument("--seed", type=int, default=100_000)
+    parser.add_argument("--transitions", nargs="+", default=["replace", "rtc_inpaint", "rtc_soft", "ensemble"],
+                        choices=run_robot.TRANSITIONS)
+    parser.add_argument("--time-scale", type=float, default=1.0)
+    parser.add_argument("--inference", default="auto")
+    parser.add_argument("--out", type=Path, default=Path("runs/transitions"))
+    return parser.parse_args(argv)
+
+
+def offline(args: argparse.Namespace) -> dict:
+    policy = load_policy(resolve_policy_dir(args.policy))
+    if isinstance(policy, DiffusionPolicy):
+        policy.inference = args.inference
+    result = evaluate_policy(policy, EvalConfig(env_id=run_robot.PUSHT_ID, n_episodes=args.episodes, n_envs=1,
+                                                seed=args.seed, vector="sync", n_videos=0))
+    return {k: result.summary[k] for k in ("success_rate", "mean_score", "success_ci95")}
+
+
+def table(rows: dict[str, dict]) -> str:
+    lines = ["| mode | success | mean score | boundary jump mean / max | inside-chunk step | jerk mean / max "
+             "| latency p50 / p99 (ms) | jitter p99 (ms) | deadline misses |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in rows.items():
+        if "loop" not in r:
+            lines.append(f"| {name} | {r['success_rate']:.0%} | {r['mean_score']:.3f} | | | | | | |")
+            continue
+        b, lp = r["loop"]["boundaries"], r["loop"]
+        lines.append(f"| {name} | {r['success_rate']:.0%} | {r['mean_score']:.3f} | {b['jump_mean']:.1f} / "
+                     f"{b['jump_max']:.1f} | {b['inside_step_mean']:.1f} | {b['jerk_mean']:.1f} / {b['jerk_max']:.1f} "
+                     f"| {lp['inference_latency_ms']['p50']:.0f} / {lp['inference_latency_ms']['p99']:.0f} "
+                     f"| {lp['period_jitter_ms']['p99']:.2f} | {lp['deadline_misses']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    rows = {"offline (evaluate_policy)": offline(args)}
+    print(rows)
+    for transition in args.transitions:
+        rows[transition] = run_robot.main(
+            ["--policy", str(args.policy), "--episodes", str(args.episodes), "--seed", str(args.seed),
+             "--transition", transition, "--time-scale", str(args.time_scale), "--inference", args.inference,
+             "--out", str(args.out / transition), "--plot"])
+        save_json(rows, args.out / "transitions.json")
+    (args.out / "transitions.md").write_text(table(rows))
+    print(table(rows))
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+r"""Drive the real-time simulated Push-T robot with a trained policy, locally or through a policy server.
+
+The physics runs in wall-clock time (x --time-scale), the controller loop at 10 Hz x --time-scale,
+inference in a background thread (or on the server); see docs/deploy.md.
+
+Examples:
+    python scripts/run_robot.py --policy runs/demo/pusht/policy --episodes 10
+    python scripts/run_robot.py --policy runs/demo/pusht/policy --transition rtc_soft --plot
+    python scripts/run_robot.py --policy runs/demo/pusht/policy --spawn-server     # server in a subprocess
+    python scripts/run_robot.py --policy runs/demo/pusht/policy --server tcp://gpu-box:5555
+
+Per episode it prints success, score and loop timing; `--out` gets `summary.json`, one
+`episode_<seed>.json` run log per episode and, with --plot, `commands.png` (first episode).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from diffusion_policy.core.checkpoint import save_json
+from diffusion_policy.core.trainer import resolve_device
+from diffusion_policy.deploy.client import PolicyClient
+from diffusion_policy.deploy.controller import ControllerConfig, ControllerLoop
+from diffusion_policy.deploy.plot import plot_commands
+from diffusion_policy.deploy.predictor import ChunkPredictor, LocalPredictor
+from diffusion_policy.deploy.run_log import RunLog, pooled_summary
+from diffusion_policy.deploy.safety import SafetyConfig
+from diffusion_policy.deploy.sim_robot import MujocoSimRobot
+from diffusion_policy.deploy.transitions import TRANSITIONS
+from diffusion_policy.eval.run_dir import resolve_policy_dir
+from diffusion_policy.policy import DiffusionPolicy, load_policy
+from diffusion_policy.policy.diffusion_policy import INFERENCE_MODES
+from envs import PUSHT_ID
+
+TASK_HZ = 10.0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--policy", required=True, type=Path, help="policy directory or training run directory")
+    parser.add_argument("--env", default=PUSHT_ID, help="Gymnasium id of a real-time capable MuJoCo env")
+    parser.add_argument("--episodes", type=int, default=10, help="episodes to run, one after the other")
+    parser.add_argument("--seed", type=int, default=100_000, help="episode i is reset with seed + i")
+    parser.add_argument("--max-steps", type=int, default=300, help="control ticks per episode (Push-T: 300)")
+    parser.add_argument("--transition", choices=TRANSITIONS, default="rtc_inpaint", help="chunk transition")
+    parser.add_argument("--threshold", type=int, help="request a chunk when this many actions remain "
+                        "(default: after n_action_steps actions, as offline evaluation re-plans)")
+    parser.add_argument("--time-scale", type=float, default=1.0, help="simulated seconds per wall second")
+    parser.add_argument("--max-delta", type=float, help="safety: largest target change per tick (pixels)")
+    parser.add_argument("--server", help="use the policy server at this ZeroMQ address instead of --policy locally")
+    parser.add_argument("--spawn-server", action="store_true", help="serve --policy from a local subprocess")
+    parser.add_argument("--inference", choices=INFERENCE_MODES, default="auto", help="diffusion sampling path")
+    parser.add_argument("--out", type=Path, default=Path("runs/robot"), help="output directory")
+    parser.add_argument("--plot", action="store_true", help="plot commanded vs executed (first episode)")
+    args = parser.parse_args(argv)
+    if args.episodes < 1:
+        parser.error(f"--episodes {args.episodes} must be >= 1")
+    if args.server and args.spawn_server:
+        parser.error("--server and --spawn-server exclude each other")
+    return args
+
+
+@contextlib.contextmanager
+def open_predictor(args: argparse.Namespace) -> Iterator[ChunkPredictor]:
+    """The policy in-process, behind a spawned local server, or at --server."""
+    if args.server is None and not args.spawn_server:
+        policy = load_policy(resolve_policy_dir(args.policy), resolve_device("auto"))
+        if isinstance(policy, DiffusionPolicy):
+            policy.inference = args.inference
+        yield LocalPredictor(policy)
+        return
+    server = None
+    address = args.server
+    if args.spawn_server:
+        address = f"tcp://127.0.0.1:{_free_port()}"
+        server = subprocess.Popen([sys.executable, str(Path(__file__).parent / "serve_policy.py"),
+                                   "--policy", str(args.policy), "--address", address,
+                                   "--inference", args.inference], stdout=subprocess.PIPE, text=True)
+        server.stdout.readline()  # "serving ... on ..." once the socket is bound
+    try:
+        with PolicyClient(address, timeout_s=30.0) as client:
+            yield client
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(10)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_episode(predictor: ChunkPredictor, args: argparse.Namespace, seed: int) -> tuple[RunLog, dict]:
+    robot = MujocoSimRobot(args.env, seed=seed, time_scale=args.time_scale)
+    config = ControllerConfig(rate_hz=TASK_HZ * args.time_scale, transition=args.transition,
+                              request_threshold=args.threshold, max_ticks=args.max_steps, seed=seed,
+                              record_obs_key="agent_pos", safety=SafetyConfig(max_delta=args.max_delta))
+    log = ControllerLoop(robot, predictor, config).run(stop_when=lambda: robot.success)
+    return log, robot.outcome()
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    logs, outcomes = [], []
+    with open_predictor(args) as predictor:
+        for i in range(args.episodes):
+            seed = args.seed + i
+            log, outcome = run_episode(predictor, args, seed)
+            logs.append(log)
+            outcomes.append(outcome)
+            log.to_json(args.out / f"episode_{seed}.json")
+            s = log.summary()
+            print(f"episode {seed}: success={outcome['success']!s:5} score={outcome['score']:.3f} "
+                  f"ticks={s['ticks']} jitter p99={s['period_jitter_ms']['p99']:.2f} ms "
+                  f"latency p50={s['inference_latency_ms']['p50']:.1f} ms misses={s['deadline_misses']} "
+                  f"stop={log.stop_reason}", flush=True)
+            if args.plot and i == 0:
+                print(f"plot: {plot_commands(log, args.out / 'commands.png', 'agent position')}")
+    summary = {"success_rate": sum(o["success"] for o in outcomes) / len(outcomes),
+               "mean_score": sum(o["score"] for o in outcomes) / len(outcomes),
+               "episodes": outcomes, "args": {k: str(v) for k, v in vars(args).items()},
+               "loop": pooled_summary(logs)}
+    save_json(summary, args.out / "summary.json")
+    print(json.dumps({k: summary[k] for k in ("success_rate", "mean_score", "loop")}, indent=1))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
