@@ -23,14 +23,6 @@ class ArraySpec:
     low: np.ndarray | None = None
     high: np.ndarray | None = None
 
-    def check(self, name: str, value: np.ndarray) -> None:
-        """Raise ValueError naming `name` unless `value` has this shape and a real dtype."""
-        value = np.asarray(value)
-        if value.shape != tuple(self.shape):
-            raise ValueError(f"{name} has shape {value.shape}; expected {tuple(self.shape)}")
-        if value.dtype.kind not in "uif":
-            raise ValueError(f"{name} has dtype {value.dtype}; expected a real number type ({self.dtype})")
-
 
 class Robot(Protocol):
     """What the controller loop needs of a robot. Calls come from the loop's thread only."""

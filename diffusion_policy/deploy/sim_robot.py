@@ -37,13 +37,12 @@ class MujocoSimRobot:
         seed: int | None = None,
         env_kwargs: dict[str, Any] | None = None,
         time_scale: float = 1.0,
-        render: bool = False,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         if not time_scale > 0:
             raise ValueError(f"{time_scale=} must be > 0")
         self.env_id, self.seed, self.time_scale, self.clock = env_id, seed, float(time_scale), clock
-        self._env = gym.make(env_id, render_mode="rgb_array" if render else None, **(env_kwargs or {}))
+        self._env = gym.make(env_id, **(env_kwargs or {}))
         self.sim = self._env.unwrapped
         missing = [m for m in _REAL_TIME_METHODS if not callable(getattr(self.sim, m, None))]
         if missing or not hasattr(self.sim, "model"):
@@ -80,10 +79,6 @@ class MujocoSimRobot:
     def send_action(self, action: np.ndarray) -> None:
         self._catch_up()
         self.sim.apply_control(np.asarray(action))
-
-    def render(self) -> np.ndarray | None:
-        """The env's current frame (None without `render=True`)."""
-        return self.sim.render()
 
     def outcome(self) -> dict[str, Any]:
         return {"success": self.success, "score": self.score, "sim_time_s": self.sim_time}
