@@ -153,6 +153,12 @@ def test_safety_clips_and_rate_limits():
     assert log.summary()["interventions"]["rate_limited"] >= 1
 
 
+def test_a_loop_runs_once():
+    _, _, loop = run(TimedPolicy(latency=0.0, period=0.05), max_ticks=3)
+    with pytest.raises(RuntimeError, match="already run"):
+        loop.run()
+
+
 def test_missing_observation_key_is_named():
     class NoT(ClockRobot):
         observation_spec = {"x": ArraySpec((1,))}

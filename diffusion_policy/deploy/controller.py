@@ -92,7 +92,12 @@ class ControllerLoop:
         self._last_chunk_time = 0.0
 
     def run(self, stop_when: Callable[[], bool] | None = None) -> RunLog:
-        """Run until `max_ticks`, `stop_when()` or a safety stop; always leaves the robot holding."""
+        """Run until `max_ticks`, `stop_when()` or a safety stop; always leaves the robot holding.
+
+        A loop runs once (its plan and log belong to that run): build a new one per episode.
+        """
+        if self._next_chunk:
+            raise RuntimeError("this ControllerLoop has already run; build a new one per episode")
         old_interval = sys.getswitchinterval()
         sys.setswitchinterval(_SWITCH_INTERVAL_S)
         worker = InferenceWorker(self.predictor, self.clock)
