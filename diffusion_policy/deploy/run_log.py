@@ -82,8 +82,8 @@ class RunLog:
 
 def pooled_summary(logs: list[RunLog]) -> dict[str, Any]:
     """Statistics over the ticks, inferences and chunk boundaries of several runs (episodes)."""
-    raw = {k: np.concatenate([log.raw_measurements()[k] for log in logs]) for k in
-           ("jitter", "start_lag", "late", "latency", "skipped", "queue", "jump", "inside", "jerk")}
+    per_log = [log.raw_measurements() for log in logs]
+    raw = {k: np.concatenate([m[k] for m in per_log]) for k in per_log[0]}
     return {
         "ticks": sum(log.n_ticks for log in logs),
         "period_jitter_ms": _percentiles(raw["jitter"] * 1e3),
