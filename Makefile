@@ -4,17 +4,24 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 RUN := runs/demo
+# Debian ships Fashion-MNIST (the image baselines' data); apt-get needs root, so sudo when we are not.
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup demo demo-multimodal robot test test-slow bench clean
+.PHONY: setup demo demo-multimodal robot image image-baseline test test-slow bench clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(FASHION_MNIST)
+
+$(FASHION_MNIST):
+	$(SUDO) apt-get install -y -q dataset-fashion-mnist || \
+		($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q dataset-fashion-mnist)
 
 # torch is installed first and pinned to the local CPU wheel: a bare `torch` requirement would pull
 # gigabytes of CUDA packages. The package's own range (torch>=2.4) is then already satisfied.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[dev,pusht-original]"
+	$(PY) -m pip install --quiet -e ".[dev,pusht-original,image]"
 	touch $(STAMP)
 
 # The main job, on embedded defaults (nothing downloaded): 200 scripted-expert Push-T demos ->
@@ -41,10 +48,20 @@ demo-multimodal: $(STAMP)
 robot: $(STAMP)
 	$(PY) scripts/run_robot.py --policy $(RUN)/pusht/policy --episodes 5 --plot --out $(RUN)/robot
 
-test: $(STAMP)
+# Image generation on the shared core: our 2-D U-Net on Fashion-MNIST for 25 CPU minutes, then its
+# sampler table (quality vs steps vs seconds); `image-baseline` trains diffusers' UNet2DModel alike.
+image: $(STAMP) $(FASHION_MNIST)
+	$(PY) scripts/train_image.py run_dir=$(RUN)/image_ours
+	$(PY) scripts/sample_images.py --model $(RUN)/image_ours --evaluate 1000 --guidance 2
+
+image-baseline: $(STAMP) $(FASHION_MNIST)
+	$(PY) scripts/train_image.py image_model=diffusers run_dir=$(RUN)/image_diffusers
+	$(PY) scripts/sample_images.py --model $(RUN)/image_diffusers --evaluate 1000 --guidance 2
+
+test: $(STAMP) $(FASHION_MNIST)
 	$(PY) -m pytest -q
 
-test-slow: $(STAMP)
+test-slow: $(STAMP) $(FASHION_MNIST)
 	$(PY) -m pytest -q -m slow
 
 bench: $(STAMP)

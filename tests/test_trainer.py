@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
@@ -119,7 +120,7 @@ def test_non_finite_loss_raises(tmp_path):
 
 @pytest.mark.parametrize(
     "overrides, match",
-    [({"max_steps": 0}, "max_steps=0"), ({"lr": -1.0}, "lr=-1.0"), ({"mixed_precision": "fp8"}, "fp8")],
+    [({"max_steps": 0}, "max_steps=0"), ({"max_minutes": 0.0}, "max_minutes=0.0"), ({"lr": -1.0}, "lr=-1.0"), ({"mixed_precision": "fp8"}, "fp8")],
 )
 def test_bad_config_names_value(overrides, match):
     with pytest.raises(ValueError, match=match):
@@ -144,3 +145,34 @@ def test_bf16_autocast_trains(tmp_path):
     trainer = make_trainer(tmp_path, max_steps=60, mixed_precision="bf16")
     first = trainer.validation_loss()
     assert trainer.fit()["val_loss"] < first / 5
+
+
+class SlowRegressor(NoisyRegressor):
+    """Each step takes at least 10 ms, so a wall-clock budget maps to a predictable step count."""
+
+    def compute_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        time.sleep(0.01)
+        return super().compute_loss(batch)
+
+
+def test_time_budget_fixes_steps_and_schedule(tmp_path):
+    torch.manual_seed(0)
+    cfg = config(max_steps=10_000, max_minutes=0.01, calibration_steps=10, warmup_steps=2, checkpoint_every=1000,
+                 val_every=1000)
+    trainer = Trainer(SlowRegressor(), LineDataset(), cfg, tmp_path)
+    trainer.fit()
+    # 0.6 s at >= 10 ms per step: at most 60 steps, and the budget outlasts the 10 calibration steps.
+    assert 10 < trainer.max_steps <= 60
+    assert trainer.step == trainer.max_steps
+    assert trainer.lr_scheduler.get_last_lr()[0] == pytest.approx(0.0, abs=1e-9)  # the cosine ended on time
+    state = torch.load(trainer.latest_checkpoint() / "train_state.pt", weights_only=True)
+    assert state["max_steps"] == trainer.max_steps
+
+    resumed = Trainer(SlowRegressor(), LineDataset(), cfg, tmp_path)
+    assert resumed.resume() and resumed.max_steps == trainer.max_steps
+
+
+def test_time_budget_never_exceeds_max_steps(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=15, max_minutes=10.0, calibration_steps=5)
+    trainer.fit()
+    assert trainer.step == trainer.max_steps == 15

@@ -11,6 +11,41 @@ from diffusion_policy.core.schedulers import SchedulerLike
 
 Denoiser = Callable[[Tensor, Tensor], Tensor]
 """``(x_t (B, ...), t 0-d tensor) -> model output (B, ...)`` (epsilon, x0 or v)."""
+ConditionalDenoiser = Callable[[Tensor, Tensor, Tensor], Tensor]
+"""``(x_t (B, ...), t 0-d tensor, cond (B, ...)) -> model output (B, ...)``."""
+
+
+def classifier_free_guidance(
+    denoiser: ConditionalDenoiser, cond: Tensor, null_cond: Tensor, guidance_scale: float
+) -> Denoiser:
+    """The guided denoiser of classifier-free guidance (Ho & Salimans 2022, eq. 6), for :func:`sample`.
+
+    ``out = out(null) + s * (out(cond) - out(null))`` with ``s = guidance_scale`` (the paper's
+    ``1 + w``): ``s = 1`` is plain conditional sampling (one network call per step), ``s = 0``
+    unconditional, ``s > 1`` sharpens towards the condition. Both branches run in one batch of ``2B``.
+    The network must have been trained with the condition replaced by ``null_cond`` some of the time.
+
+    Args:
+        denoiser: ``(x_t (B, ...), t, cond (B, ...)) -> (B, ...)``.
+        cond: the condition ``(B, ...)`` (e.g. class labels ``(B,)``).
+        null_cond: the "no condition" value, same shape as ``cond``.
+        guidance_scale: ``s >= 0``.
+    """
+    if guidance_scale < 0:
+        raise ValueError(f"{guidance_scale=} must be >= 0")
+    if null_cond.shape != cond.shape:
+        raise ValueError(f"null_cond {tuple(null_cond.shape)} must match cond {tuple(cond.shape)}")
+    if guidance_scale == 1.0:
+        return lambda x, t: denoiser(x, t, cond)
+    if guidance_scale == 0.0:
+        return lambda x, t: denoiser(x, t, null_cond)
+    both = torch.cat([cond, null_cond])
+
+    def guided(x: Tensor, t: Tensor) -> Tensor:
+        out_cond, out_null = denoiser(torch.cat([x, x]), t, both).chunk(2)
+        return torch.lerp(out_null, out_cond, guidance_scale)
+
+    return guided
 
 
 def sample(

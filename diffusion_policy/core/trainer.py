@@ -3,7 +3,9 @@
 It knows nothing about robots or images: it trains any `nn.Module` with a `compute_loss(batch)`
 method on any map-style dataset, with AdamW (fused), cosine learning rate with warm-up, gradient
 clipping, EMA, bf16 autocast (on GPU by default, on CPU on request), periodic validation, callbacks,
-atomic checkpoints and exact resume.
+atomic checkpoints and exact resume. With `max_minutes` it trains for a wall-clock budget instead of
+a step count: the step rate measured over the first steps fixes the number of steps (and with it the
+learning-rate schedule), so networks of different speeds can be compared at equal training time.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import math
 import random
 import shutil
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +56,8 @@ class Exportable(Protocol):
 @dataclass
 class TrainerConfig:
     max_steps: int = 10_000
+    max_minutes: float | None = None
+    calibration_steps: int = 20
     batch_size: int = 256
     lr: float = 1e-4
     betas: tuple[float, float] = (0.95, 0.999)
@@ -78,6 +83,10 @@ class TrainerConfig:
         for name in ("max_steps", "batch_size", "val_every", "log_every", "checkpoint_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ValueError(f"max_minutes={self.max_minutes} must be > 0 (or None: train max_steps)")
+        if self.calibration_steps < 2:
+            raise ValueError(f"calibration_steps={self.calibration_steps} must be >= 2")
         if self.lr <= 0:
             raise ValueError(f"lr={self.lr} must be > 0")
         if self.warmup_steps < 0:
@@ -131,7 +140,10 @@ def move_to(batch: Any, device: torch.device) -> Any:
 
 
 class Trainer:
-    """Trains `model` on `train_dataset`; `fit()` runs to `config.max_steps` (resuming if asked).
+    """Trains `model` on `train_dataset`; `fit()` runs to `max_steps` (resuming if asked).
+
+    `max_steps` is `config.max_steps`, or with `config.max_minutes` the number of steps that fit the
+    budget (at most `config.max_steps`), fixed after `config.calibration_steps` steps.
 
     Run directory layout: `metrics.jsonl`, `checkpoints/step_XXXXXXXX/` (`model.safetensors`,
     `ema.safetensors`, `train_state.pt`, and `policy/` when the model is `Exportable`),
@@ -159,14 +171,17 @@ class Trainer:
         self.epoch = 0
         self.batch_in_epoch = 0
         self.last_metrics: dict[str, float] = {}
+        self.max_steps = config.max_steps
+        self._fit_started: float | None = None
         self.ema = EMA(self.model, config.ema) if config.use_ema else None
         # Fused AdamW: one kernel over all parameters instead of ~10 passes of foreach ops (CPU and CUDA).
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay,
             fused=config.fused_optimizer or None,
         )
+        # The schedule reads `self.max_steps` at every step: a time budget may still change it.
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, cosine_with_warmup(config.warmup_steps, config.max_steps)
+            self.optimizer, lambda step: cosine_with_warmup(config.warmup_steps, self.max_steps)(step)
         )
         self.sampler = ResumableRandomSampler(len(train_dataset), seed=config.seed)
         self.loader_generator = torch.Generator()
@@ -243,13 +258,14 @@ class Trainer:
         return float(np.mean(losses))
 
     def fit(self) -> dict[str, float]:
-        """Train until `config.max_steps`; returns the last logged metrics."""
+        """Train until `max_steps`; returns the last logged metrics."""
         cfg = self.config
         for callback in self.callbacks:
             callback.on_train_start(self)
-        bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not cfg.progress, desc="train", unit="step")
+        bar = tqdm(total=self.max_steps, initial=self.step, disable=not cfg.progress, desc="train", unit="step")
+        self._fit_started = time.perf_counter() if self.step == 0 else None
         try:
-            while self.step < cfg.max_steps:
+            while self.step < self.max_steps:
                 if self.batch_in_epoch >= self.batches_per_epoch:
                     self.epoch, self.batch_in_epoch = self.epoch + 1, 0
                 self.sampler.set_epoch(self.epoch, self.batch_in_epoch * cfg.batch_size)
@@ -260,7 +276,7 @@ class Trainer:
                     self.step += 1
                     self.batch_in_epoch += 1
                     self._after_step(loss, bar)
-                    if self.step >= cfg.max_steps:
+                    if self.step >= self.max_steps:
                         break
                 else:
                     self.epoch += 1
@@ -274,12 +290,27 @@ class Trainer:
             self.logger.close()
         return self.last_metrics
 
+    def _fit_budget(self, bar: tqdm) -> None:
+        """With `max_minutes`, fix `max_steps` once the first `calibration_steps` steps of a run are timed.
+
+        A resumed run keeps the `max_steps` its checkpoint recorded.
+        """
+        cfg = self.config
+        if cfg.max_minutes is None or self._fit_started is None or self.step != cfg.calibration_steps:
+            return
+        elapsed = time.perf_counter() - self._fit_started
+        remaining = cfg.max_minutes * 60.0 - elapsed
+        self.max_steps = min(cfg.max_steps, self.step + max(0, int(remaining * cfg.calibration_steps / elapsed)))
+        bar.total = self.max_steps
+        bar.refresh()
+
     def _after_step(self, loss: float, bar: tqdm) -> None:
         cfg = self.config
+        self._fit_budget(bar)
         metrics: dict[str, float] = {}
-        if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+        if self.step % cfg.log_every == 0 or self.step == self.max_steps:
             metrics.update(loss=loss, lr=self.lr_scheduler.get_last_lr()[0], epoch=self.epoch)
-        if self.step % cfg.val_every == 0 or self.step == cfg.max_steps:
+        if self.step % cfg.val_every == 0 or self.step == self.max_steps:
             val = self.validation_loss()
             if val is not None:
                 metrics["val_loss"] = val
@@ -297,6 +328,7 @@ class Trainer:
         np_state = np.random.get_state()
         return {
             "step": self.step,
+            "max_steps": self.max_steps,
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
             "optimizer": self.optimizer.state_dict(),
@@ -344,6 +376,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        if self.config.max_minutes is not None:
+            self.max_steps = state.get("max_steps", self.max_steps)
         torch.set_rng_state(state["rng_torch"])
         if state["rng_cuda"]:
             torch.cuda.set_rng_state_all(state["rng_cuda"])
