@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ["data.name=digits", "data.train_limit=200", "data.val_limit=50", "image_model.image_size=8",
         "image_model.unet.channels=[16,32]", "image_model.unet.attention_levels=[1]", "image_model.unet.embed_dim=32",
         "image_training.max_minutes=null", "image_training.max_steps=4", "image_training.batch_size=16",
-        "image_training.warmup_steps=1", "image_training.progress=false", "samples_per_class=2"]
+        "image_training.warmup_steps=1", "+image_training.progress=false", "samples_per_class=2"]
 
 
 def run(script: str, *args: str) -> subprocess.CompletedProcess:

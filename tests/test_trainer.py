@@ -120,7 +120,8 @@ def test_non_finite_loss_raises(tmp_path):
 
 @pytest.mark.parametrize(
     "overrides, match",
-    [({"max_steps": 0}, "max_steps=0"), ({"max_minutes": 0.0}, "max_minutes=0.0"), ({"lr": -1.0}, "lr=-1.0"), ({"mixed_precision": "fp8"}, "fp8")],
+    [({"max_steps": 0}, "max_steps=0"), ({"max_minutes": 0.0}, "max_minutes=0.0"), ({"lr": -1.0}, "lr=-1.0"),
+     ({"mixed_precision": "fp8"}, "fp8")],
 )
 def test_bad_config_names_value(overrides, match):
     with pytest.raises(ValueError, match=match):

@@ -94,16 +94,7 @@ class DiffusersUNet2D(nn.Module):
         )
 
     def forward(self, sample: Tensor, timestep: Tensor | int | float, cond: Tensor | None = None) -> Tensor:
-        """Predict the model output for a batch of noisy images.
-
-        Args:
-            sample: noisy images ``(B, C, H, W)``.
-            timestep: diffusion step, a python number, a 0-d tensor (broadcast to the batch) or ``(B,)``.
-            cond: class labels ``(B,)`` int64 in ``[0, num_classes]``; None for an unconditional net.
-
-        Returns:
-            ``(B, C, H, W)``: epsilon, x0 or v, depending on what the network was trained to predict.
-        """
+        """``sample (B, C, H, W)``, ``timestep () or (B,)``, ``cond (B,)`` -> ``(B, C, H, W)``; see UNet2D.forward."""
         check_image_inputs(sample, cond, self.in_channels, self.num_classes, self.downsample_factor)
         timesteps = broadcast_timestep(timestep, sample.shape[0], sample.device)
         return self.unet(sample, timesteps, class_labels=cond).sample
