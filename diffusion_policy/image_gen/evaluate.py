@@ -15,17 +15,17 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from diffusion_policy.image_gen.classifier import FeatureClassifier, load_or_train_classifier
+from diffusion_policy.image_gen.data import load_image_dataset
+from diffusion_policy.image_gen.metrics import ImageQuality, evaluate_images
+from diffusion_policy.image_gen.model import ImageDiffusionModel
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from torch import Tensor, nn  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
-
-from diffusion_policy.image_gen.classifier import FeatureClassifier, load_or_train_classifier  # noqa: E402
-from diffusion_policy.image_gen.data import load_image_dataset  # noqa: E402
-from diffusion_policy.image_gen.metrics import ImageQuality, evaluate_images  # noqa: E402
-from diffusion_policy.image_gen.model import ImageDiffusionModel  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
 
 SAMPLER_SETTINGS: tuple[tuple[str, int], ...] = (
     ("ddpm", 1000), ("ddpm", 100), ("ddim", 50), ("ddim", 20), ("ddim", 10), ("dpmsolver++", 20), ("dpmsolver++", 10),
