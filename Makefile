@@ -6,22 +6,33 @@ STAMP := $(VENV)/.installed
 RUN := runs/demo
 # Debian ships Fashion-MNIST (the image baselines' data); apt-get needs root, so sudo when we are not.
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+# MuJoCo renders offscreen through EGL: Mesa's EGL vendor library (software rendering on a CPU-only machine).
+EGL_MESA := /usr/share/glvnd/egl_vendor.d/50_mesa.json
+EXTRAS := dev,pusht-original,image,metaworld
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup demo demo-multimodal robot image image-baseline test test-slow bench clean
+.PHONY: setup demo demo-multimodal robot image image-baseline metaworld test test-slow bench clean
 
-setup: $(STAMP) $(FASHION_MNIST)
+setup: $(STAMP) $(FASHION_MNIST) $(EGL_MESA)
 
 $(FASHION_MNIST):
 	$(SUDO) apt-get install -y -q dataset-fashion-mnist || \
 		($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q dataset-fashion-mnist)
 
+$(EGL_MESA):
+	$(SUDO) apt-get install -y -q libegl1 libegl-mesa0 libgl1-mesa-dri || \
+		($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q libegl1 libegl-mesa0 libgl1-mesa-dri)
+
 # torch is installed first and pinned to the local CPU wheel: a bare `torch` requirement would pull
 # gigabytes of CUDA packages. The package's own range (torch>=2.4) is then already satisfied.
+# The metaworld extra pins mujoco==3.3.0; MuJoCo 4 splits into mujoco-core and mujoco-studio, whose
+# files a downgrade would leave behind, so a venv that has them drops all three first.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[dev,pusht-original,image]"
+	if $(PY) -m pip show --quiet mujoco-core 2>/dev/null; then \
+		$(PY) -m pip uninstall --yes --quiet mujoco mujoco-core mujoco-studio; fi
+	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
 # The main job, on embedded defaults (nothing downloaded): 200 scripted-expert Push-T demos ->
@@ -58,10 +69,15 @@ image-baseline: $(STAMP) $(FASHION_MNIST)
 	$(PY) scripts/train_image.py image_model=diffusers run_dir=$(RUN)/image_diffusers
 	$(PY) scripts/sample_images.py --model $(RUN)/image_diffusers --evaluate 1000 --guidance 2
 
-test: $(STAMP) $(FASHION_MNIST)
+# Meta-World: the DP3 paper's eight tasks, 10 expert demos, 3 training seeds x 50 episodes each
+# (docs/metaworld.md); results in runs/metaworld/results.{md,json,png}.
+metaworld: $(STAMP) $(EGL_MESA)
+	$(PY) scripts/benchmark_metaworld.py --out runs/metaworld
+
+test: $(STAMP) $(FASHION_MNIST) $(EGL_MESA)
 	$(PY) -m pytest -q
 
-test-slow: $(STAMP) $(FASHION_MNIST)
+test-slow: $(STAMP) $(FASHION_MNIST) $(EGL_MESA)
 	$(PY) -m pytest -q -m slow
 
 bench: $(STAMP)

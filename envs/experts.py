@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Protocol
 
@@ -9,6 +10,8 @@ import gymnasium as gym
 import numpy as np
 
 from envs import OBSTACLE_AVOID_ID, PUSHT_ID, PUSHT_PYMUNK_ID
+from envs.metaworld import METAWORLD_TASKS, metaworld_env_id
+from envs.metaworld_expert import MetaWorldExpert
 from envs.obstacle_expert import ObstacleAvoidExpert
 from envs.pusht_expert import PushTExpert
 
@@ -31,6 +34,8 @@ EXPERT_FACTORIES: dict[str, Callable[[int | None], Expert]] = {
     OBSTACLE_AVOID_ID: ObstacleAvoidExpert,
     PUSHT_ID: PushTExpert,
     PUSHT_PYMUNK_ID: PushTExpert,
+    # Meta-World's own scripted policy for each of its tasks.
+    **{metaworld_env_id(task): functools.partial(MetaWorldExpert, task) for task in METAWORLD_TASKS},
 }
 
 

@@ -162,3 +162,33 @@ def test_generate_demos_script_records_any_policy_and_env_options(tmp_path: Path
         script.main(["--env", OBSTACLE_AVOID_ID, "--out", str(tmp_path / "x.zarr"), "--policy", "nocolon"])
     with pytest.raises(KeyError, match="no expert"):
         script.main(["--env", "CartPole-v1", "--out", str(tmp_path / "y.zarr")])
+
+
+class FleetingSuccessEnv(gym.Env):
+    """Succeeds at step 3 only, then undoes it; the episode runs on to its 6-step limit."""
+
+    observation_space = gym.spaces.Dict({"x": gym.spaces.Box(-1, 1, (1,), np.float32)})
+    action_space = gym.spaces.Box(-1, 1, (1,), np.float32)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
+        super().reset(seed=seed)
+        self.t = 0
+        return {"x": np.zeros(1, np.float32)}, {}
+
+    def step(self, action: np.ndarray) -> tuple[dict, float, bool, bool, dict]:
+        self.t += 1
+        return {"x": np.zeros(1, np.float32)}, 0.0, False, False, {"success": self.t == 3}
+
+
+def test_success_reached_at_any_step_counts_even_when_undone() -> None:
+    gym.register("test/FleetingSuccess-v0", entry_point=FleetingSuccessEnv, max_episode_steps=6)
+    episode, success = rollout_episode(gym.make("test/FleetingSuccess-v0"), _Still(), seed=0)
+    assert success and len(episode["action"]) == 6
+
+
+class _Still:
+    def reset(self, seed: int | None = None) -> None:
+        pass
+
+    def __call__(self, env: gym.Env, obs: dict[str, np.ndarray]) -> np.ndarray:
+        return np.zeros(1, np.float32)

@@ -53,8 +53,8 @@ def rollout_episode(env: gym.Env, policy: Expert, seed: int) -> tuple[dict[str, 
     """Run one episode seeded with `seed`; returns (episode, success).
 
     The episode holds every observation key `(L, ...)` (the observation *before* each action) and
-    `"action"` `(L, Da)` float32, so row t pairs obs_t with action_t. Success is the final step's
-    `info["success"]` on a terminated episode.
+    `"action"` `(L, Da)` float32, so row t pairs obs_t with action_t. The episode succeeded when
+    `info["success"]` was true at any step, as the evaluator counts it.
     """
     obs, _ = env.reset(seed=seed)
     policy.reset(seed=seed)
@@ -64,18 +64,19 @@ def rollout_episode(env: gym.Env, policy: Expert, seed: int) -> tuple[dict[str, 
         raise ValueError(f"{env.spec.id} has an observation key {ACTION_KEY!r}, which clashes with actions")
     observations: dict[str, list[np.ndarray]] = {key: [] for key in obs}
     actions: list[np.ndarray] = []
-    terminated = truncated = False
+    terminated = truncated = success = False
     while not (terminated or truncated):
         action = np.array(policy(env, obs), dtype=np.float32)
         for key, value in obs.items():
             observations[key].append(np.array(value))
         actions.append(action)
         obs, _, terminated, truncated, info = env.step(action)
-    if "success" not in info:
-        raise KeyError(f"{env.spec.id} step info lacks 'success'; it has {sorted(info)}")
+        if "success" not in info:
+            raise KeyError(f"{env.spec.id} step info lacks 'success'; it has {sorted(info)}")
+        success = success or bool(info["success"])
     episode = {key: np.stack(values) for key, values in observations.items()}
     episode[ACTION_KEY] = np.stack(actions)
-    return episode, bool(terminated and info["success"])
+    return episode, success
 
 
 def _init_worker(

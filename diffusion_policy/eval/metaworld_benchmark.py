@@ -1,0 +1,221 @@
+"""The Meta-World benchmark protocol: N expert demos per task -> train -> closed-loop success.
+
+For each task: record `n_demos` successful demonstrations with Meta-World's scripted policy (episode
+seeds 0, 1, ...; failed placements are run, counted and left out), measure the expert itself on the
+evaluation placements, then for each training seed train a policy on the demos and evaluate it on
+`n_episodes` fresh placements (seeds `eval_seed + i`, never used for demos). Success counts when the
+task's success was reached at any step (see `envs.metaworld`).
+
+Published numbers are the DP3 paper's (Ze et al., "3D Diffusion Policy", RSS 2024, Meta-World table,
+10 demos, success %): image-based Diffusion Policy and DP3.
+"""
+
+from __future__ import annotations
+
+import functools
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from diffusion_policy.core.trainer import resolve_device
+from diffusion_policy.data.recorder import record_episodes
+from diffusion_policy.data.replay_buffer import ReplayBuffer
+from diffusion_policy.eval.rollout import EvalConfig, evaluate_policy
+from diffusion_policy.policy import load_policy
+from diffusion_policy.train_policy import train_policy
+from envs.experts import make_expert
+from envs.metaworld import STATE_KEY, canonical_task, metaworld_env_id
+
+# task -> (image Diffusion Policy, DP3) success %, DP3 paper (RSS 2024), 10 demos.
+PUBLISHED: dict[str, tuple[float, float]] = {
+    "reach-v3": (18, 24),
+    "push-v3": (30, 51),
+    "pick-place-v3": (0, 12),
+    "drawer-open-v3": (93, 100),
+    "door-open-v3": (98, 99),
+    "button-press-topdown-v3": (98, 100),
+    "assembly-v3": (15, 99),
+    "stick-pull-v3": (11, 27),
+}
+DEFAULT_TASKS: tuple[str, ...] = tuple(PUBLISHED)
+# Demos are recorded from seeds 0, 1, ...; at most this many attempts per wanted demo.
+MAX_ATTEMPTS_PER_DEMO = 5
+
+
+@dataclass
+class SeedResult:
+    """One training seed of one task: success rate over the evaluation episodes and its cost."""
+
+    seed: int
+    success_rate: float
+    train_steps: int
+    train_minutes: float
+    eval_minutes: float
+
+
+@dataclass
+class TaskResult:
+    """One task: the demos, the expert's own success, and every training seed's result."""
+
+    task: str
+    n_demos: int
+    demo_attempts: int
+    n_episodes: int
+    expert_success_rate: float
+    device: str
+    seeds: list[SeedResult] = field(default_factory=list)
+
+    @property
+    def success_rates(self) -> list[float]:
+        return [s.success_rate for s in self.seeds]
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.success_rates)
+
+    @property
+    def std(self) -> float:
+        """Population std over training seeds (0 for one seed), as the DP3 paper reports."""
+        return statistics.pstdev(self.success_rates)
+
+
+def record_demos(task: str, n_demos: int, path: str | Path, n_workers: int = 1) -> int:
+    """Record `n_demos` successful expert episodes of `task` into a new store at `path`.
+
+    Episode seeds run 0, 1, ... until `n_demos` succeeded; returns the number of episodes run.
+    Raises RuntimeError naming the task when the expert fails too often
+    (`MAX_ATTEMPTS_PER_DEMO * n_demos` episodes).
+    """
+    if n_demos < 1:
+        raise ValueError(f"{n_demos=} must be at least 1")
+    task = canonical_task(task)
+    env_id = metaworld_env_id(task)
+    buffer = ReplayBuffer.create(path, overwrite=True)
+    factory = functools.partial(make_expert, env_id)
+    attempts, limit = 0, MAX_ATTEMPTS_PER_DEMO * n_demos
+    while buffer.n_episodes < n_demos:
+        if attempts >= limit:
+            raise RuntimeError(f"the {task} expert succeeded in only {buffer.n_episodes} of {attempts} episodes; "
+                               f"{n_demos} demos were asked for")
+        wanted = n_demos - buffer.n_episodes
+        summary = record_episodes(env_id, factory, buffer, wanted, seed=attempts, n_workers=n_workers,
+                                  progress=False)
+        attempts += summary.episodes_run
+    return attempts
+
+
+def expert_success_rate(task: str, n_episodes: int, seed: int) -> float:
+    """The scripted expert's success rate on episodes seeded `seed + i` (the evaluation placements)."""
+    env_id = metaworld_env_id(task)
+    summary = record_episodes(env_id, functools.partial(make_expert, env_id), ReplayBuffer.in_memory(),
+                              n_episodes, seed=seed, progress=False)
+    return summary.success_rate
+
+
+def task_config(task: str, dataset_path: str | Path, base: dict[str, Any]) -> dict[str, Any]:
+    """`base` (a task config, e.g. configs/task/metaworld.yaml) pointed at `task` and its demos."""
+    name = canonical_task(task)
+    config = {**base, "name": f"metaworld_{name}", "env_id": metaworld_env_id(name)}
+    config["dataset"] = {**base["dataset"], "path": str(dataset_path), "obs_keys": [STATE_KEY]}
+    return config
+
+
+def run_task(
+    task: str,
+    out_dir: str | Path,
+    base_task: dict[str, Any],
+    policy_cfg: dict[str, Any],
+    trainer_cfg: dict[str, Any],
+    *,
+    n_demos: int = 10,
+    train_seeds: tuple[int, ...] = (0, 1, 2),
+    n_episodes: int = 50,
+    eval_seed: int = 100_000,
+    n_envs: int = 8,
+    n_videos: int = 1,
+    vector: str = "async",
+) -> TaskResult:
+    """The whole protocol for one task; run directories and evaluations go under `out_dir/<task>/`."""
+    name = canonical_task(task)
+    task_dir = Path(out_dir) / name
+    demos = task_dir / "demos.zarr"
+    attempts = record_demos(name, n_demos, demos)
+    result = TaskResult(task=name, n_demos=n_demos, demo_attempts=attempts, n_episodes=n_episodes,
+                        expert_success_rate=expert_success_rate(name, n_episodes, eval_seed), device="")
+    task_cfg = task_config(name, demos, base_task)
+    for seed in train_seeds:
+        run_dir = task_dir / f"seed_{seed}"
+        start = time.perf_counter()
+        policy_dir = train_policy(task_cfg, policy_cfg, {**trainer_cfg, "seed": seed}, run_dir)
+        train_minutes = (time.perf_counter() - start) / 60
+        policy = load_policy(policy_dir, device=resolve_device(trainer_cfg.get("device", "auto")))
+        result.device = str(next(policy.parameters()).device)
+        start = time.perf_counter()
+        evaluation = evaluate_policy(
+            policy,
+            EvalConfig(env_id=task_cfg["env_id"], n_episodes=n_episodes, n_envs=n_envs, seed=eval_seed,
+                       vector=vector, n_videos=n_videos),
+            out_dir=run_dir / "eval",
+            progress=False,
+        )
+        result.seeds.append(SeedResult(seed=seed, success_rate=evaluation.summary["success_rate"],
+                                       train_steps=int(trainer_cfg["max_steps"]), train_minutes=train_minutes,
+                                       eval_minutes=(time.perf_counter() - start) / 60))
+    return result
+
+
+def format_markdown(results: list[TaskResult]) -> str:
+    """The benchmark table: task, expert, ours (mean ± std over seeds), published, and the budget."""
+    lines = [
+        "| task | expert | ours (mean ± std) | DP (image) | DP3 | ≥ DP3 | seeds × episodes | budget per seed |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        published = PUBLISHED.get(r.task)
+        dp, dp3 = (f"{published[0]:.0f}", f"{published[1]:.0f}") if published else ("–", "–")
+        meets = ("yes" if 100 * r.mean >= published[1] else "no") if published else "–"
+        steps = r.seeds[0].train_steps if r.seeds else 0
+        minutes = statistics.fmean(s.train_minutes for s in r.seeds) if r.seeds else 0.0
+        lines.append(
+            f"| {r.task.removesuffix('-v3')} | {100 * r.expert_success_rate:.0f} | "
+            f"{100 * r.mean:.1f} ± {100 * r.std:.1f} | {dp} | {dp3} | {meets} | "
+            f"{len(r.seeds)} × {r.n_episodes} | {steps} steps, {minutes:.1f} min, {r.device} |"
+        )
+    if results:
+        mean = statistics.fmean(r.mean for r in results)
+        known = [r for r in results if r.task in PUBLISHED]
+        dp3_mean = statistics.fmean(PUBLISHED[r.task][1] for r in known) if known else float("nan")
+        lines.append(f"| **mean** | | **{100 * mean:.1f}** | | {dp3_mean:.1f} | | | |")
+    return "\n".join(lines) + "\n"
+
+
+def to_json(results: list[TaskResult]) -> list[dict[str, Any]]:
+    """Plain data for `results.json`: every field, plus each task's mean and std."""
+    return [{**asdict(r), "mean": r.mean, "std": r.std} for r in results]
+
+
+def plot_results(results: list[TaskResult], path: str | Path) -> None:
+    """Bar chart per task: ours (mean, std error bar over seeds) beside the published DP and DP3."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    x = np.arange(len(results))
+    published = [PUBLISHED.get(r.task, (np.nan, np.nan)) for r in results]
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(results) + 2), 3.6))
+    ax.bar(x - 0.27, [p[0] for p in published], 0.27, label="DP, image (DP3 paper)", color="#bbbbbb")
+    ax.bar(x, [p[1] for p in published], 0.27, label="DP3 (DP3 paper)", color="#7f9fbf")
+    ax.bar(x + 0.27, [100 * r.mean for r in results], 0.27, yerr=[100 * r.std for r in results],
+           capsize=3, label="ours, state", color="#d95f02")
+    ax.set_xticks(x, [r.task.removesuffix("-v3") for r in results], rotation=30, ha="right")
+    ax.set_ylabel("success %")
+    ax.set_ylim(0, 105)
+    ax.set_title(f"Meta-World, {results[0].n_demos} demos" if results else "Meta-World")
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
