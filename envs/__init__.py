@@ -32,4 +32,4 @@ _register(OBSTACLE_AVOID_ID, "envs.obstacle_avoid:ObstacleAvoidEnv", max_episode
 _register(PUSHT_ID, "envs.pusht:PushTEnv", max_episode_steps=PUSHT_MAX_STEPS)
 _register(PUSHT_PYMUNK_ID, "envs.pusht_pymunk:PymunkPushTEnv", max_episode_steps=PUSHT_MAX_STEPS)
 for _task in METAWORLD_TASKS:
-    _register(ENV_ID_PREFIX + _task, "envs.metaworld:MetaWorldEnv", max_episode_steps=METAWORLD_MAX_STEPS, kwargs={"task": _task})
+    _register(ENV_ID_PREFIX + _task, "envs.metaworld:MetaWorldEnv", METAWORLD_MAX_STEPS, kwargs={"task": _task})
