@@ -120,10 +120,14 @@ class MetaWorldEnv(gym.Env):
         self._inner.max_path_length = _INNER_PATH_LIMIT
         # (Not `observation_space`: Meta-World sets that before the goal is made observable, with
         # the goal's bounds at zero; its observations are clipped to this one.)
+        # A few tasks pin a coordinate (low == high); one float32 ulp of room on each side keeps those
+        # values inside the box without Gymnasium's "maximum and minimum values are equal" warning.
         box = self._inner.sawyer_observation_space
-        self.observation_space = spaces.Dict(
-            {STATE_KEY: spaces.Box(box.low.astype(np.float32), box.high.astype(np.float32), dtype=np.float32)}
-        )
+        low, high = box.low.astype(np.float32), box.high.astype(np.float32)
+        pinned = low == high
+        low[pinned] = np.nextafter(low[pinned], np.float32(-np.inf))
+        high[pinned] = np.nextafter(high[pinned], np.float32(np.inf))
+        self.observation_space = spaces.Dict({STATE_KEY: spaces.Box(low, high, dtype=np.float32)})
         self.action_space = spaces.Box(-1.0, 1.0, shape=(ACTION_DIM,), dtype=np.float32)
         self._renderer: Any = None
         self._has_reset = False

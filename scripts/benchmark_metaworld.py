@@ -1,8 +1,12 @@
 r"""Meta-World benchmark: for each task, N expert demos -> train (several seeds) -> closed-loop success.
 
 Writes `<out>/results.md` (the table: task, expert success, ours mean ± std over training seeds,
-the DP3 paper's numbers, the training budget), `results.json` and `results.png`, rewritten after
-every task so an interrupted run keeps what it finished. Needs `pip install -e '.[metaworld]'`.
+the DP3 paper's numbers, the training budget), `results.json` and `results.png`, rebuilt after every
+task from all finished tasks under `<out>` (`<out>/<task>/result.json`; the composed config of each
+task is in `<out>/<task>/benchmark.yaml`): an interrupted run keeps what it finished, `--skip-done`
+continues it without retraining finished seeds (and `--seeds 3` after `--seeds 1` adds two), and runs
+over disjoint task lists can share `--out` (e.g. two processes with OMP_NUM_THREADS=1 on 2 cores).
+Needs `pip install -e '.[metaworld]'`.
 
 Examples:
     # the eight tasks of the DP3 paper's table, 10 demos, 3 seeds x 50 episodes
@@ -26,15 +30,15 @@ from diffusion_policy.eval.metaworld_benchmark import (
     DEFAULT_TASKS,
     TaskResult,
     format_markdown,
+    load_results,
     plot_results,
     run_task,
-    to_json,
 )
 from diffusion_policy.eval.rollout import VECTOR_MODES
 from envs.metaworld import canonical_task
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-DEFAULT_OVERRIDES = ("task=metaworld", "policy=diffusion_unet_small", "training=metaworld")
+DEFAULT_OVERRIDES = ("task=metaworld", "policy=diffusion_unet_short", "training=metaworld")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -49,6 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--videos", type=int, default=1, help="videos per evaluation")
     parser.add_argument("--vector", choices=VECTOR_MODES, default="async", help="env processes or in-process")
     parser.add_argument("--out", type=Path, default=Path("runs/metaworld"), help="output directory")
+    parser.add_argument("--skip-done", action="store_true",
+                        help="keep training seeds that already have a result under --out")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help=f"hydra overrides of configs/train.yaml, after {' '.join(DEFAULT_OVERRIDES)}")
     args = parser.parse_args(argv)
@@ -69,23 +75,23 @@ def main(argv: list[str] | None = None) -> list[TaskResult]:
     """Run the benchmark asked for by `argv`; returns every task's result."""
     args = parse_args(argv)
     cfg = compose_config(args.set)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create({**cfg, "benchmark": {
-        k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}})))
-    results: list[TaskResult] = []
+    options = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     for task in args.tasks:
         print(f"== {task}")
-        results.append(run_task(
+        (args.out / task).mkdir(parents=True, exist_ok=True)
+        (args.out / task / "benchmark.yaml").write_text(OmegaConf.to_yaml({**cfg, "benchmark": options}))
+        run_task(
             task, args.out, cfg["task"], cfg["policy"], cfg["training"],
             n_demos=args.demos, train_seeds=tuple(range(args.seeds)), n_episodes=args.episodes,
-            n_envs=args.envs, n_videos=args.videos, vector=args.vector,
-        ))
+            n_envs=args.envs, n_videos=args.videos, vector=args.vector, skip_done=args.skip_done,
+        )
+        results = load_results(args.out)
         table = format_markdown(results)
         (args.out / "results.md").write_text(table)
-        (args.out / "results.json").write_text(json.dumps(to_json(results), indent=2))
+        (args.out / "results.json").write_text(json.dumps([r.to_dict() for r in results], indent=2))
         plot_results(results, args.out / "results.png")
         print(table)
-    return results
+    return load_results(args.out)
 
 
 if __name__ == "__main__":

@@ -200,5 +200,15 @@ def test_benchmark_script_end_to_end_on_a_tiny_budget(tmp_path: Path) -> None:
     assert "| reach | 100 |" in (out / "results.md").read_text()
     assert json.loads((out / "results.json").read_text())[0]["task"] == "reach-v3"
     assert (out / "results.png").stat().st_size > 0
+    assert "max_steps: 4" in (out / "reach-v3" / "benchmark.yaml").read_text()
     assert len(list((out / "reach-v3" / "seed_0" / "eval" / "videos").glob("*.mp4"))) == 1
     assert ReplayBuffer.open(out / "reach-v3" / "demos.zarr").n_episodes == 2
+    saved = json.loads((out / "reach-v3" / bench.RESULT_FILE).read_text())
+    assert bench.TaskResult.from_dict(saved) == result
+    # Again with one more seed: the two finished seeds are kept, not retrained; only seed 2 is new.
+    (again,) = benchmark_metaworld.main([
+        "--tasks", "reach", "--demos", "2", "--seeds", "3", "--episodes", "2", "--envs", "2", "--videos", "0",
+        "--vector", "sync", "--out", str(out), "--skip-done",
+        "--set", "training.max_steps=4", "training.progress=false", "training.log_every=2",
+    ])
+    assert again.seeds[:2] == result.seeds and [s.seed for s in again.seeds] == [0, 1, 2]

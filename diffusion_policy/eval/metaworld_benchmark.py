@@ -13,6 +13,8 @@ Published numbers are the DP3 paper's (Ze et al., "3D Diffusion Policy", RSS 202
 from __future__ import annotations
 
 import functools
+import json
+import os
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -42,6 +44,10 @@ PUBLISHED: dict[str, tuple[float, float]] = {
 DEFAULT_TASKS: tuple[str, ...] = tuple(PUBLISHED)
 # Demos are recorded from seeds 0, 1, ...; at most this many attempts per wanted demo.
 MAX_ATTEMPTS_PER_DEMO = 5
+# Each finished task's result, `<out>/<task>/result.json`: tables are built from whatever is there,
+# so runs over disjoint task lists (in parallel, or one after another) fill one table.
+RESULT_FILE = "result.json"
+SEED_RESULT_FILE = "seed_result.json"
 
 
 @dataclass
@@ -66,6 +72,16 @@ class TaskResult:
     expert_success_rate: float
     device: str
     seeds: list[SeedResult] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TaskResult:
+        """Inverse of `to_dict` (derived fields are recomputed, not read)."""
+        fields = {k: v for k, v in data.items() if k not in ("mean", "std", "seeds")}
+        return cls(**fields, seeds=[SeedResult(**seed) for seed in data["seeds"]])
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data: every field, plus the mean and std over seeds."""
+        return {**asdict(self), "mean": self.mean, "std": self.std}
 
     @property
     def success_rates(self) -> list[float]:
@@ -136,22 +152,30 @@ def run_task(
     n_envs: int = 8,
     n_videos: int = 1,
     vector: str = "async",
+    skip_done: bool = False,
 ) -> TaskResult:
-    """The whole protocol for one task; run directories and evaluations go under `out_dir/<task>/`."""
+    """The whole protocol for one task; run directories and evaluations go under `out_dir/<task>/`.
+
+    Each seed's result is kept in `<task>/seed_<s>/SEED_RESULT_FILE`; with `skip_done` a seed that
+    has one is not trained again (so a later run with more seeds only adds the new ones).
+    """
     name = canonical_task(task)
     task_dir = Path(out_dir) / name
     demos = task_dir / "demos.zarr"
     attempts = record_demos(name, n_demos, demos)
+    device = resolve_device(trainer_cfg.get("device", "auto"))
     result = TaskResult(task=name, n_demos=n_demos, demo_attempts=attempts, n_episodes=n_episodes,
-                        expert_success_rate=expert_success_rate(name, n_episodes, eval_seed), device="")
+                        expert_success_rate=expert_success_rate(name, n_episodes, eval_seed), device=str(device))
     task_cfg = task_config(name, demos, base_task)
     for seed in train_seeds:
         run_dir = task_dir / f"seed_{seed}"
+        if skip_done and (run_dir / SEED_RESULT_FILE).exists():
+            result.seeds.append(SeedResult(**json.loads((run_dir / SEED_RESULT_FILE).read_text())))
+            continue
         start = time.perf_counter()
         policy_dir = train_policy(task_cfg, policy_cfg, {**trainer_cfg, "seed": seed}, run_dir)
         train_minutes = (time.perf_counter() - start) / 60
-        policy = load_policy(policy_dir, device=resolve_device(trainer_cfg.get("device", "auto")))
-        result.device = str(next(policy.parameters()).device)
+        policy = load_policy(policy_dir, device=device)
         start = time.perf_counter()
         evaluation = evaluate_policy(
             policy,
@@ -160,10 +184,26 @@ def run_task(
             out_dir=run_dir / "eval",
             progress=False,
         )
-        result.seeds.append(SeedResult(seed=seed, success_rate=evaluation.summary["success_rate"],
-                                       train_steps=int(trainer_cfg["max_steps"]), train_minutes=train_minutes,
-                                       eval_minutes=(time.perf_counter() - start) / 60))
+        seed_result = SeedResult(seed=seed, success_rate=evaluation.summary["success_rate"],
+                                 train_steps=int(trainer_cfg["max_steps"]), train_minutes=train_minutes,
+                                 eval_minutes=(time.perf_counter() - start) / 60)
+        _write_json(run_dir / SEED_RESULT_FILE, asdict(seed_result))
+        result.seeds.append(seed_result)
+    _write_json(task_dir / RESULT_FILE, result.to_dict())
     return result
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def load_results(out_dir: str | Path) -> list[TaskResult]:
+    """Every finished task's result under `out_dir`: the DP3 paper's tasks in its order, then the rest by name."""
+    results = [TaskResult.from_dict(json.loads(path.read_text())) for path in Path(out_dir).glob(f"*/{RESULT_FILE}")]
+    order = {task: i for i, task in enumerate(DEFAULT_TASKS)}
+    return sorted(results, key=lambda r: (order.get(r.task, len(order)), r.task))
 
 
 def format_markdown(results: list[TaskResult]) -> str:
@@ -189,11 +229,6 @@ def format_markdown(results: list[TaskResult]) -> str:
         dp3_mean = statistics.fmean(PUBLISHED[r.task][1] for r in known) if known else float("nan")
         lines.append(f"| **mean** | | **{100 * mean:.1f}** | | {dp3_mean:.1f} | | | |")
     return "\n".join(lines) + "\n"
-
-
-def to_json(results: list[TaskResult]) -> list[dict[str, Any]]:
-    """Plain data for `results.json`: every field, plus each task's mean and std."""
-    return [{**asdict(r), "mean": r.mean, "std": r.std} for r in results]
 
 
 def plot_results(results: list[TaskResult], path: str | Path) -> None:
