@@ -70,7 +70,8 @@ image-baseline: $(STAMP) $(FASHION_MNIST)
 	$(PY) scripts/sample_images.py --model $(RUN)/image_diffusers --evaluate 1000 --guidance 2
 
 # Meta-World: the DP3 paper's eight tasks, 10 expert demos, 3 training seeds x 50 episodes each
-# (docs/metaworld.md); results in runs/metaworld/results.{md,json,png}.
+# (docs/metaworld.md); results in runs/metaworld/results.{md,json,png}. 24 trainings of 6000 steps:
+# about 5 hours on 2 CPU cores; interrupted, `... --skip-done` continues it.
 metaworld: $(STAMP) $(EGL_MESA)
 	$(PY) scripts/benchmark_metaworld.py --out runs/metaworld
 

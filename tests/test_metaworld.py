@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import gymnasium as gym
@@ -74,6 +75,13 @@ def test_reset_places_objects_and_goal_afresh_from_the_seed() -> None:
         assert obs[STATE_KEY].shape == (STATE_DIM,) and obs[STATE_KEY].dtype == np.float32
         assert env.observation_space.contains(obs)
     env.close()
+
+
+def test_without_the_extra_building_an_env_or_expert_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "metaworld", None)  # what `import metaworld` sees when it is not installed
+    for build in (lambda: MetaWorldEnv("reach"), lambda: make_expert(REACH)):
+        with pytest.raises(ImportError, match=r"pip install -e '\.\[metaworld\]'"):
+            build()
 
 
 def test_bad_actions_raise_naming_the_problem() -> None:
