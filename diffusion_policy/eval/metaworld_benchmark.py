@@ -250,7 +250,7 @@ def plot_results(results: list[TaskResult], path: str | Path) -> None:
     ax.set_ylabel("success %")
     ax.set_ylim(0, 105)
     ax.set_title(f"Meta-World, {results[0].n_demos} demos" if results else "Meta-World")
-    ax.legend(fontsize=8, loc="lower left")
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
