@@ -189,7 +189,7 @@ def test_markdown_table_reports_mean_std_published_numbers_and_budget() -> None:
     assert "| reach | 100 | 30.0 ± 8.2 | 18 | 24 | yes | 3 × 50 | 500 steps, 2.0 min, cpu |" in table
     assert "| drawer-open | 100 | 100.0 ± 0.0 | 93 | 100 | yes |" in table
     assert "| **mean** | | **65.0** | | 62.0 |" in table
-    assert "| no |" in bench.format_markdown([result("push-v3", [0.5])])
+    assert "| push | 100 | 50.0 | 30 | 51 | no | 1 × 50 |" in bench.format_markdown([result("push-v3", [0.5])])
 
 
 def test_benchmark_script_end_to_end_on_a_tiny_budget(tmp_path: Path) -> None:

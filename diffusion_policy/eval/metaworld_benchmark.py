@@ -207,7 +207,8 @@ def load_results(out_dir: str | Path) -> list[TaskResult]:
 
 
 def format_markdown(results: list[TaskResult]) -> str:
-    """The benchmark table: task, expert, ours (mean ± std over seeds), published, and the budget."""
+    """The benchmark table: task, expert, ours (mean ± std over seeds; no std for one seed), published,
+    and the budget."""
     lines = [
         "| task | expert | ours (mean ± std) | DP (image) | DP3 | ≥ DP3 | seeds × episodes | budget per seed |",
         "|---|---|---|---|---|---|---|---|",
@@ -220,7 +221,7 @@ def format_markdown(results: list[TaskResult]) -> str:
         minutes = statistics.fmean(s.train_minutes for s in r.seeds) if r.seeds else 0.0
         lines.append(
             f"| {r.task.removesuffix('-v3')} | {100 * r.expert_success_rate:.0f} | "
-            f"{100 * r.mean:.1f} ± {100 * r.std:.1f} | {dp} | {dp3} | {meets} | "
+            f"{100 * r.mean:.1f}{f' ± {100 * r.std:.1f}' if len(r.seeds) > 1 else ''} | {dp} | {dp3} | {meets} | "
             f"{len(r.seeds)} × {r.n_episodes} | {steps} steps, {minutes:.1f} min, {r.device} |"
         )
     if results:
