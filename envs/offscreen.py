@@ -8,10 +8,21 @@ a small frame's rendering time in software.
 
 from __future__ import annotations
 
+import atexit
 import os
+import weakref
 from typing import Any
 
 DEFAULT_BACKEND = "egl"
+# Renderers still open when the interpreter exits are closed first: MuJoCo's EGL module terminates
+# its display at exit, after which a renderer's finaliser fails and prints a traceback. The hook is
+# registered after MuJoCo's (exit hooks run last-registered first).
+_OPEN_RENDERERS: weakref.WeakSet = weakref.WeakSet()
+
+
+def _close_open_renderers() -> None:
+    for renderer in list(_OPEN_RENDERERS):
+        renderer.close()
 
 
 def use_default_backend() -> None:
@@ -38,4 +49,9 @@ def offscreen_renderer(model: Any, width: int, height: int) -> Any:
     model.vis.global_.offheight = max(model.vis.global_.offheight, height)
     model.vis.quality.shadowsize = 0
     model.vis.quality.offsamples = 0
-    return mujoco.Renderer(model, height, width)
+    renderer = mujoco.Renderer(model, height, width)
+    if not _OPEN_RENDERERS:
+        atexit.unregister(_close_open_renderers)
+        atexit.register(_close_open_renderers)
+    _OPEN_RENDERERS.add(renderer)
+    return renderer

@@ -7,6 +7,10 @@ Geometry, frame, scoring and observation conventions are the original task's (se
 One step holds the agent target `action` `(2,)` for 0.1 s (10 Hz control) over 10 physics steps of
 0.01 s. Reward `clip(coverage / 0.95, 0, 1)`; the episode terminates with `info["success"]` once
 coverage exceeds 0.95; the registered id truncates at 300 steps.
+
+Pixel observations come from the model's top-down orthographic camera, rendered offscreen by
+MuJoCo (EGL by default, see `envs.offscreen`); `render()` (videos) keeps the NumPy drawing of
+`envs.pusht_render`, which marks the last target and needs no OpenGL.
 """
 
 from __future__ import annotations
@@ -33,8 +37,17 @@ from envs.pusht_geometry import (
     reward_from_coverage,
     to_world,
 )
+from envs.offscreen import offscreen_renderer
 from envs.pusht_render import render_frame
-from envs.pusht_spaces import action_space, check_obs_type, checked_action, make_observation, observation_space
+from envs.pusht_spaces import (
+    IMAGE_SIZE,
+    PIXEL_OBS_TYPES,
+    action_space,
+    check_obs_type,
+    checked_action,
+    make_observation,
+    observation_space,
+)
 
 MODEL_PATH = Path(__file__).parent / "assets" / "pusht.xml"
 CONTROL_HZ = 10
@@ -55,7 +68,9 @@ class PushTEnv(gym.Env):
     """Gymnasium Push-T on MuJoCo.
 
     Observation: `obs_type="keypoints"` -> `{"agent_pos": (2,), "keypoints": (18,)}`;
-    `obs_type="state"` -> `{"agent_pos": (2,), "block_pose": (3,)}` (float32, pixels/radians).
+    `obs_type="state"` -> `{"agent_pos": (2,), "block_pose": (3,)}` (float32, pixels/radians);
+    `obs_type="pixels"` -> `{"pixels": (image_size, image_size, 3)}` uint8 from the top-down camera
+    (row = y, column = x); `obs_type="pixels_agent_pos"` -> the image plus `"agent_pos"`.
     Action: absolute agent target `(2,)`; NaN/inf raise `ValueError`, other values are clipped to
     `[0, 512]^2`. `reset(options={"state": [agent_x, agent_y, block_x, block_y, block_angle]})`
     places agent and block (origin pose) exactly. `render()` (render_mode="rgb_array") gives a
@@ -64,21 +79,36 @@ class PushTEnv(gym.Env):
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": CONTROL_HZ}
 
-    def __init__(self, obs_type: str = "keypoints", render_mode: str | None = None, render_size: int = 256) -> None:
+    def __init__(
+        self,
+        obs_type: str = "keypoints",
+        render_mode: str | None = None,
+        render_size: int = 256,
+        image_size: int = IMAGE_SIZE,
+    ) -> None:
         check_obs_type(obs_type)
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"{render_mode=} is not one of {self.metadata['render_modes']}")
         if render_size < 16:
             raise ValueError(f"{render_size=} must be at least 16 pixels")
+        if image_size < 16:
+            raise ValueError(f"{image_size=} must be at least 16 pixels")
         self.obs_type = obs_type
         self.render_mode = render_mode
         self.render_size = render_size
-        self.observation_space = observation_space(obs_type)
+        self.image_size = image_size
+        self.observation_space = observation_space(obs_type, image_size)
         self.action_space = action_space()
         self.model = mujoco.MjModel.from_xml_path(str(MODEL_PATH))
+        _place_goal(self.model)
+        # An orthographic camera's fovy is its vertical extent in length units; MJCF caps fovy at
+        # 180 (degrees), so the workspace span is set here.
+        self.model.cam_fovy[self.model.camera("top").id] = WORKSPACE_SIZE
         self.data = mujoco.MjData(self.model)
         self.n_substeps = round(1.0 / (CONTROL_HZ * self.model.opt.timestep))
         self._last_target: np.ndarray | None = None
+        # Made on first use, in the process that renders (vector-env workers fork after __init__).
+        self._camera: mujoco.Renderer | None = None
 
     # --- privileged state (scripted experts, tests) ----------------------------------------------
     @property
@@ -142,11 +172,30 @@ class PushTEnv(gym.Env):
         """Top-down `(render_size, render_size, 3)` uint8 frame (None unless render_mode="rgb_array")."""
         if self.render_mode != "rgb_array":
             return None
-        return render_frame(self.render_size, self.agent_position, self.block_pose, GOAL_POSE, self._last_target)
+        return self.render_frame_at(self.render_size, self._last_target)
+
+    def render_frame_at(self, size: int, target: np.ndarray | None = None) -> np.ndarray:
+        """The NumPy drawing of the scene `(size, size, 3)` uint8, `target` `(2,)` marked if given."""
+        return render_frame(size, self.agent_position, self.block_pose, GOAL_POSE, target)
+
+    def camera_image(self) -> np.ndarray:
+        """The top-down camera's view `(image_size, image_size, 3)` uint8 (row = y, column = x)."""
+        if self._camera is None:
+            self._camera = offscreen_renderer(self.model, self.image_size, self.image_size)
+        self._camera.update_scene(self.data, camera="top")
+        # OpenGL's first row is the image's bottom (largest y); the task's frames put y = 0 on top.
+        return np.ascontiguousarray(self._camera.render()[::-1])
+
+    def close(self) -> None:
+        """Release the offscreen renderer (and its OpenGL context), if one was made."""
+        if self._camera is not None:
+            self._camera.close()
+            self._camera = None
 
     # --- internals -------------------------------------------------------------------------------
     def _observation(self) -> dict[str, np.ndarray]:
-        return make_observation(self.obs_type, self.agent_position, self.block_pose)
+        pixels = self.camera_image() if self.obs_type in PIXEL_OBS_TYPES else None
+        return make_observation(self.obs_type, self.agent_position, self.block_pose, pixels)
 
     def _info(self) -> dict[str, Any]:
         value = coverage(self.block_pose, GOAL_POSE)
@@ -176,6 +225,14 @@ class PushTEnv(gym.Env):
         for warning in _INSTABILITY_WARNINGS:
             if self.data.warning[warning].number > 0:
                 raise RuntimeError(f"Push-T simulation diverged ({warning.name}): qpos={qpos.tolist()}")
+
+
+def _place_goal(model: mujoco.MjModel) -> None:
+    """Put the visual-only goal T of `model` at `GOAL_POSE` (its body frame is the rotation centre)."""
+    x, y, angle = cog_pose(GOAL_POSE)
+    body = model.body("goal").id
+    model.body_pos[body] = (x, y, 0.0)
+    model.body_quat[body] = (np.cos(angle / 2), 0.0, 0.0, np.sin(angle / 2))
 
 
 def _state_problem(agent: np.ndarray, block: np.ndarray) -> str | None:

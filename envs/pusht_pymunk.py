@@ -24,7 +24,15 @@ import gymnasium as gym
 import numpy as np
 
 from envs.pusht_geometry import COG_LOCAL, WORKSPACE_SIZE, cog_pose
-from envs.pusht_spaces import action_space, check_obs_type, checked_action, make_observation, observation_space
+from envs.pusht_spaces import (
+    IMAGE_SIZE,
+    PIXEL_OBS_TYPES,
+    action_space,
+    check_obs_type,
+    checked_action,
+    make_observation,
+    observation_space,
+)
 
 INSTALL_HINT = "gym-pusht is not installed: pip install -e '.[pusht-original]'"
 # Beyond these coordinates the pymunk state has left any reachable configuration (e.g. the block
@@ -67,7 +75,9 @@ class PymunkPushTEnv(gym.Env):
     """The original pymunk Push-T with the project's Push-T observations, actions and info.
 
     Observation: `envs.pusht_spaces.observation_space(obs_type)`; `"keypoints"` gives
-    `{"agent_pos": (2,), "keypoints": (18,)}`, `"state"` gives `{"agent_pos": (2,), "block_pose": (3,)}`.
+    `{"agent_pos": (2,), "keypoints": (18,)}`, `"state"` gives `{"agent_pos": (2,), "block_pose": (3,)}`;
+    `"pixels"` gives `{"pixels": (image_size, image_size, 3)}` uint8, the original's own image
+    observation (drawn at 512 x 512 and resized), and `"pixels_agent_pos"` adds `"agent_pos"`.
     Action: absolute agent target `(2,)` in pixels; NaN/inf raise ValueError, the rest is clipped to
     `[0, 512]^2` and handed to the original's PD controller (10 Hz control, 100 Hz physics).
     Reward, `terminated` and `info = {"coverage": float, "success": bool}` are the original's
@@ -78,7 +88,13 @@ class PymunkPushTEnv(gym.Env):
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
 
-    def __init__(self, obs_type: str = "keypoints", render_mode: str | None = None, render_size: int = 96) -> None:
+    def __init__(
+        self,
+        obs_type: str = "keypoints",
+        render_mode: str | None = None,
+        render_size: int = 96,
+        image_size: int = IMAGE_SIZE,
+    ) -> None:
         check_obs_type(obs_type)
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"{render_mode=} is not one of {self.metadata['render_modes']}")
@@ -87,7 +103,9 @@ class PymunkPushTEnv(gym.Env):
         self.obs_type = obs_type
         self.render_mode = render_mode
         self.render_size = render_size
-        self.observation_space = observation_space(obs_type)
+        if image_size < 16:
+            raise ValueError(f"{image_size=} must be at least 16 pixels")
+        self.observation_space = observation_space(obs_type, image_size)
         self.action_space = action_space()
         # The original always renders to an array here: its "human" mode would open a window.
         self._original = _original_env_class()(
@@ -95,6 +113,8 @@ class PymunkPushTEnv(gym.Env):
             render_mode="rgb_array",
             visualization_width=render_size,
             visualization_height=render_size,
+            observation_width=image_size,
+            observation_height=image_size,
         )
         self._has_reset = False
 
@@ -159,7 +179,9 @@ class PymunkPushTEnv(gym.Env):
         self._original.close()
 
     def _observation(self) -> dict[str, np.ndarray]:
-        return make_observation(self.obs_type, self.agent_position, self.block_pose)
+        # The original's pixel observation: its drawing at the observation size, no action marker.
+        pixels = self._original._render(visualize=False) if self.obs_type in PIXEL_OBS_TYPES else None
+        return make_observation(self.obs_type, self.agent_position, self.block_pose, pixels)
 
     def _require_reset(self) -> None:
         if not self._has_reset:

@@ -8,6 +8,9 @@ expert and one policy serve both:
 - `obs_type="keypoints"`: `{"agent_pos": (2,), "keypoints": (18,)}`, the 9 block keypoints of
   `pusht_geometry.LOCAL_KEYPOINTS` flattened as x0, y0, x1, y1, ... (20 numbers in all, as the
   original low-dim task).
+- `obs_type="pixels"`: `{"pixels": (S, S, 3)}` uint8, the top-down view of the whole workspace
+  (image row = y, column = x; S = 96 by default, as the original image task);
+  `obs_type="pixels_agent_pos"`: the same plus `"agent_pos": (2,)`.
 - Actions: `(2,)` absolute agent target in pixels. NaN or inf raises `ValueError`; finite values
   outside the workspace are clipped to `[0, 512]`.
 - `info` holds `coverage` and `success` (coverage > 0.95); reward is `clip(coverage / 0.95, 0, 1)`.
@@ -20,7 +23,9 @@ from gymnasium import spaces
 
 from envs.pusht_geometry import N_KEYPOINTS, WORKSPACE_SIZE, keypoints
 
-OBS_TYPES = ("state", "keypoints")
+PIXEL_OBS_TYPES = ("pixels", "pixels_agent_pos")
+OBS_TYPES = ("state", "keypoints", *PIXEL_OBS_TYPES)
+IMAGE_SIZE = 96
 
 
 def check_obs_type(obs_type: str) -> None:
@@ -29,10 +34,13 @@ def check_obs_type(obs_type: str) -> None:
         raise ValueError(f"{obs_type=} is not one of {OBS_TYPES}")
 
 
-def observation_space(obs_type: str) -> spaces.Dict:
-    """The Dict space of `obs_type` (float32 boxes, pixel units)."""
+def observation_space(obs_type: str, image_size: int = IMAGE_SIZE) -> spaces.Dict:
+    """The Dict space of `obs_type` (float32 boxes in pixel units; uint8 `(image_size, image_size, 3)` images)."""
     check_obs_type(obs_type)
     agent = spaces.Box(0.0, WORKSPACE_SIZE, shape=(2,), dtype=np.float32)
+    if obs_type in PIXEL_OBS_TYPES:
+        pixels = spaces.Box(0, 255, shape=(image_size, image_size, 3), dtype=np.uint8)
+        return spaces.Dict({"pixels": pixels, **({"agent_pos": agent} if obs_type == "pixels_agent_pos" else {})})
     if obs_type == "state":
         low = np.array([-WORKSPACE_SIZE, -WORKSPACE_SIZE, 0.0], dtype=np.float32)
         high = np.array([2 * WORKSPACE_SIZE, 2 * WORKSPACE_SIZE, 2 * np.pi], dtype=np.float32)
@@ -46,9 +54,16 @@ def action_space() -> spaces.Box:
     return spaces.Box(0.0, WORKSPACE_SIZE, shape=(2,), dtype=np.float32)
 
 
-def make_observation(obs_type: str, agent_pos: np.ndarray, block_pose: np.ndarray) -> dict[str, np.ndarray]:
-    """Observation dict for agent position `(2,)` and block origin pose `(3,)`."""
+def make_observation(
+    obs_type: str, agent_pos: np.ndarray, block_pose: np.ndarray, pixels: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """Observation dict for agent position `(2,)`, block origin pose `(3,)` and, for the pixel
+    types, the camera image `pixels` `(S, S, 3)` uint8."""
     agent = np.asarray(agent_pos, dtype=np.float32)
+    if obs_type in PIXEL_OBS_TYPES:
+        if pixels is None:
+            raise ValueError(f"{obs_type=} needs the camera image")
+        return {"pixels": pixels, **({"agent_pos": agent} if obs_type == "pixels_agent_pos" else {})}
     if obs_type == "state":
         pose = np.array([block_pose[0], block_pose[1], np.mod(block_pose[2], 2 * np.pi)], dtype=np.float32)
         return {"agent_pos": agent, "block_pose": pose}

@@ -1,25 +1,37 @@
-"""Push-T simulation speed, side by side: MuJoCo Push-T vs the original pymunk Push-T (gym-pusht).
+"""Push-T simulation and rendering speed, side by side: MuJoCo Push-T vs the original pymunk Push-T.
 
     python scripts/benchmark_env.py            # writes benchmarks/pusht_env.json
 
-Each case steps `gymnasium.make(id, obs_type=...)` (wrappers included) with uniformly random
-targets in one process pinned to one core, resetting every 300 steps, and reports env steps per
-second. The original runs only when gym-pusht is installed (`pip install -e '.[pusht-original]'`).
+Steps: each case steps `gymnasium.make(id, obs_type=...)` (wrappers included) with uniformly random
+targets, resetting every 300 steps, and reports env steps per second (pixel observation types
+render a 96 x 96 camera image every step). Frames: 96 x 96 top-down images per second from MuJoCo's
+camera with MuJoCo's default settings (640 x 480 offscreen buffer, shadows, 4x multisampling) and
+with ours (`envs.offscreen`: buffer sized to the image, neither), from the NumPy drawing, and from
+the original's pixel observation. Everything runs in this one process pinned to one core, with
+Mesa's software rasteriser limited to one thread. The original runs only when gym-pusht is
+installed (`pip install -e '.[pusht-original]'`).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import platform
-import time
-from pathlib import Path
 
-import gymnasium as gym
-import numpy as np
+# Mesa's llvmpipe renders with one thread per core unless told otherwise; read when EGL loads.
+os.environ.setdefault("LP_NUM_THREADS", "1")
 
-from envs import PUSHT_ID, PUSHT_MAX_STEPS, PUSHT_PYMUNK_ID
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import gymnasium as gym  # noqa: E402
+import numpy as np  # noqa: E402
+
+from envs import PUSHT_ID, PUSHT_MAX_STEPS, PUSHT_PYMUNK_ID  # noqa: E402
+
+IMAGE_SIZE = 96
 
 
 def steps_per_second(env_id: str, obs_type: str, n_steps: int, seed: int = 0) -> float:
@@ -38,23 +50,59 @@ def steps_per_second(env_id: str, obs_type: str, n_steps: int, seed: int = 0) ->
     return n_steps / elapsed
 
 
+def frames_per_second(render: Callable[[], np.ndarray], n_frames: int) -> float:
+    """Calls per second of `render` (one frame each) over `n_frames`, after one warm-up call."""
+    render()
+    start = time.perf_counter()
+    for _ in range(n_frames):
+        render()
+    return n_frames / (time.perf_counter() - start)
+
+
+def render_cases(with_original: bool) -> dict[str, Callable[[], np.ndarray]]:
+    """Ways to draw a 96 x 96 top-down Push-T frame of one seeded scene."""
+    import mujoco
+
+    from envs.pusht import PushTEnv
+
+    env = PushTEnv(obs_type="pixels", image_size=IMAGE_SIZE)
+    env.reset(seed=0)
+    plain = mujoco.Renderer(env.model, IMAGE_SIZE, IMAGE_SIZE)  # before ours resizes the buffer
+    plain.update_scene(env.data, camera="top")
+    cases = {"MuJoCo camera, MuJoCo defaults": plain.render, "MuJoCo camera, ours": env.camera_image,
+             "NumPy drawing": lambda: env.render_frame_at(IMAGE_SIZE)}
+    if with_original:
+        original = gym.make(PUSHT_PYMUNK_ID, obs_type="pixels").unwrapped
+        original.reset(seed=0)
+        cases["original (gym-pusht) pixels"] = lambda: original.original._render(visualize=False)
+    return cases
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=6000, help="env steps per case")
+    parser.add_argument("--frames", type=int, default=1000, help="frames per rendering case")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/pusht_env.json"))
     args = parser.parse_args()
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
-    cases = [(PUSHT_ID, "state"), (PUSHT_ID, "keypoints")]
+    obs_types = ("state", "keypoints", "pixels_agent_pos")
+    cases = [(PUSHT_ID, obs_type) for obs_type in obs_types]
     try:
         import gym_pusht  # noqa: F401
-        cases += [(PUSHT_PYMUNK_ID, "state"), (PUSHT_PYMUNK_ID, "keypoints")]
+        with_original = True
+        cases += [(PUSHT_PYMUNK_ID, obs_type) for obs_type in obs_types]
     except ImportError:
+        with_original = False
         print("gym-pusht is not installed: the original simulation is skipped")
     results = {f"{env_id} {obs_type}": steps_per_second(env_id, obs_type, args.steps) for env_id, obs_type in cases}
     for name, rate in results.items():
         print(f"{name:45s} {rate:8.0f} steps/s")
-    report = {"steps_per_second": results, "steps": args.steps, "machine": platform.processor() or platform.machine(),
+    frames = {name: frames_per_second(render, args.frames) for name, render in render_cases(with_original).items()}
+    for name, rate in frames.items():
+        print(f"{name:45s} {rate:8.0f} frames/s ({IMAGE_SIZE}x{IMAGE_SIZE})")
+    report = {"steps_per_second": results, "frames_per_second": frames, "image_size": IMAGE_SIZE,
+              "steps": args.steps, "frames": args.frames, "machine": platform.processor() or platform.machine(),
               "date": time.strftime("%Y-%m-%d")}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

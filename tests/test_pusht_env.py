@@ -114,7 +114,7 @@ def test_bad_actions_and_states_raise_with_the_value():
     with pytest.raises(ValueError, match="5 finite numbers"):
         env.reset(options={"state": [1.0, 2.0]})
     with pytest.raises(ValueError, match="obs_type"):
-        PushTEnv(obs_type="pixels")
+        PushTEnv(obs_type="rgb")
 
 
 def test_out_of_range_targets_are_clipped_to_the_workspace():
@@ -173,3 +173,45 @@ def test_physics_matches_the_original_pymunk_task():
     assert moved > 20.0, "the push should move the block"
     assert np.linalg.norm(poses[0][:2] - poses[1][:2]) < 0.1 * moved
     assert abs(poses[0][2] - poses[1][2]) < 0.05
+
+
+def _colour_centroid(image: np.ndarray, colour: tuple[int, int, int], tol: int = 40) -> np.ndarray:
+    """(row, col) centroid of the pixels within `tol` of `colour` in an (H, W, 3) image."""
+    rows, cols = np.nonzero(np.abs(image.astype(int) - np.array(colour)).max(axis=-1) <= tol)
+    assert len(rows), f"no pixel of colour {colour}"
+    return np.array([rows.mean(), cols.mean()])
+
+
+@pytest.mark.parametrize("obs_type", ["pixels", "pixels_agent_pos"])
+def test_pixel_observations_are_the_top_down_camera(obs_type):
+    env = make(obs_type=obs_type)
+    obs, _ = env.reset(options={"state": [100.0, 400.0, 300.0, 150.0, 0.0]})
+    assert set(obs) == ({"pixels", "agent_pos"} if obs_type == "pixels_agent_pos" else {"pixels"})
+    assert env.observation_space.contains(obs)
+    image = obs["pixels"]
+    assert image.shape == (96, 96, 3) and image.dtype == np.uint8
+    scale = 96 / 512
+    # Image row = y, column = x: the agent at (x, y) = (100, 400) lies low on the left.
+    np.testing.assert_allclose(_colour_centroid(image, AGENT_COLOR), [400 * scale, 100 * scale], atol=1.0)
+    np.testing.assert_allclose(_colour_centroid(image, GOAL_COLOR),
+                               _colour_centroid(env.unwrapped.render_frame_at(96), GOAL_COLOR), atol=0.5)
+    for _ in range(5):
+        moved, *_ = env.step(np.array([200.0, 400.0]))
+    assert _colour_centroid(moved["pixels"], AGENT_COLOR)[1] > _colour_centroid(image, AGENT_COLOR)[1] + 10
+    env.close()
+
+
+def test_camera_image_matches_the_numpy_drawing_and_is_deterministic():
+    env = PushTEnv(obs_type="pixels")
+    first, _ = env.reset(seed=5)
+    again, _ = env.reset(seed=5)
+    np.testing.assert_array_equal(first["pixels"], again["pixels"])
+    drawn = env.render_frame_at(96)
+    differs = np.abs(first["pixels"].astype(int) - drawn.astype(int)).max(axis=-1) > 40
+    assert differs.mean() < 0.01  # the two renderers disagree only on a few edge pixels
+    env.close()
+    small = PushTEnv(obs_type="pixels", image_size=64)
+    assert small.reset(seed=5)[0]["pixels"].shape == (64, 64, 3)
+    small.close()
+    with pytest.raises(ValueError, match="image_size"):
+        PushTEnv(obs_type="pixels", image_size=8)

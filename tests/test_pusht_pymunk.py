@@ -110,7 +110,7 @@ def test_reset_is_reproducible_with_a_seed(env: PymunkPushTEnv) -> None:
     assert not np.array_equal(_rollout(env, seed=8)[0], first[0])
 
 
-@pytest.mark.parametrize("obs_type", ["state", "keypoints"])
+@pytest.mark.parametrize("obs_type", ["state", "keypoints", "pixels", "pixels_agent_pos"])
 def test_observations_lie_in_their_space(obs_type: str) -> None:
     env = PymunkPushTEnv(obs_type=obs_type)
     space = observation_space(obs_type)
@@ -169,7 +169,7 @@ def test_diverged_simulation_raises(env: PymunkPushTEnv) -> None:
 
 def test_invalid_arguments_raise(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError, match="obs_type"):
-        PymunkPushTEnv(obs_type="pixels")
+        PymunkPushTEnv(obs_type="rgb")
     with pytest.raises(ValueError, match="render_mode"):
         PymunkPushTEnv(render_mode="human")
     with pytest.raises(ValueError, match="render_size"):
@@ -185,3 +185,18 @@ def test_invalid_arguments_raise(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ImportError, match="gym-pusht is not installed") as error:
         PymunkPushTEnv()
     assert str(error.value) == INSTALL_HINT
+
+
+def test_pixel_observation_is_the_originals_image_and_matches_the_mujoco_camera() -> None:
+    original = PymunkPushTEnv(obs_type="pixels_agent_pos")
+    agent, pose = np.array([100.0, 400.0]), np.array([300.0, 150.0, 0.5])
+    obs, _ = _place(original, agent, pose)
+    assert obs["pixels"].shape == (96, 96, 3) and obs["pixels"].dtype == np.uint8
+    np.testing.assert_array_equal(obs["pixels"], original.original._render(visualize=False))
+    np.testing.assert_allclose(obs["agent_pos"], agent)
+    mujoco_env = gym.make(envs.PUSHT_ID, obs_type="pixels")
+    ours, _ = mujoco_env.reset(options={"state": [*agent, *pose]})
+    mujoco_env.close()
+    # Same scene, same frame and palette: only outlines and edge pixels differ.
+    differs = np.abs(ours["pixels"].astype(int) - obs["pixels"].astype(int)).max(axis=-1) > 40
+    assert differs.mean() < 0.03
