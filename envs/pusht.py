@@ -22,6 +22,7 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 
+from envs.offscreen import offscreen_renderer
 from envs.pusht_geometry import (
     AGENT_RADIUS,
     BLOCK_OUTLINE,
@@ -37,7 +38,6 @@ from envs.pusht_geometry import (
     reward_from_coverage,
     to_world,
 )
-from envs.offscreen import offscreen_renderer
 from envs.pusht_render import render_frame
 from envs.pusht_spaces import (
     IMAGE_SIZE,

@@ -43,15 +43,16 @@ def test_item_shapes_dtypes_and_padding() -> None:
     assert set(item) == {"obs", "action"} and set(item["obs"]) == {"state", "image"}
     assert item["obs"]["state"].shape == (2, 2) and item["obs"]["image"].shape == (2, 4, 4, 3)
     assert item["action"].shape == (8, 2)
-    assert all(x.dtype == torch.float32 for x in [*item["obs"].values(), item["action"]])
+    assert item["obs"]["state"].dtype == item["action"].dtype == torch.float32
+    assert item["obs"]["image"].dtype == torch.uint8 and dataset.image_keys == ["image"]
     # first window starts one step before the episode: its first frame repeats step 0
     torch.testing.assert_close(item["obs"]["state"], torch.tensor([[0.0, 0.0], [0.0, 0.0]]))
     torch.testing.assert_close(item["action"][:, 1], torch.tensor([0.0, 0, 10, 20, 30, 40, 50, 60]))
-    assert item["obs"]["image"][1].max() == 0.0
+    assert item["obs"]["image"][1].max() == 0
     # last window of episode 0 runs 3 steps past its end: the last frame repeats
     last = dataset[LENGTHS[0] - 4]
     torch.testing.assert_close(last["action"][:, 1], torch.tensor([70.0, 80, 90, 100, 110, 110, 110, 110]))
-    torch.testing.assert_close(last["obs"]["image"][:, 0, 0, 0], torch.tensor([7.0, 8.0]))
+    torch.testing.assert_close(last["obs"]["image"][:, 0, 0, 0], torch.tensor([7, 8], dtype=torch.uint8))
 
 
 def test_zarr_backed_matches_in_memory(tmp_path: Path) -> None:
@@ -90,7 +91,7 @@ def test_fit_normalizer_uses_train_episodes_only() -> None:
     (val_episode,) = dataset.val_episodes
     dataset = make_dataset(make_buffer(extreme_episode=int(val_episode)), val_ratio=0.2, seed=1)
     norm = dataset.fit_normalizer()
-    assert norm.keys == ["action", "image", "state"]
+    assert norm.keys == ["action", "state"]  # images are scaled by the policy, not normalised
     train = dataset.train_episodes
     assert norm.params["action"].max[1].item() == 10.0 * (max(LENGTHS[e] for e in train) - 1)
     assert norm.params["action"].min.tolist() == [10.0 * train.min(), 0.0]

@@ -81,17 +81,18 @@ def test_in_memory_buffer_grows_and_matches() -> None:
 
 
 def test_chunks_and_compression(tmp_path: Path) -> None:
-    buffer = ReplayBuffer.create(tmp_path / "v3.zarr")
-    buffer.add_episode(EPISODES[0])
-    assert buffer["image"].chunks == (4, 8, 8, 3)  # a few whole frames per chunk
-    assert buffer["action"].chunks == (2**20 // 8, 2)  # ~1 MiB of steps
-    assert buffer["state"].chunks == (2**20 // 40, 5)
-    codec = buffer["action"].compressors[0]
-    assert isinstance(codec, zarr.codecs.BloscCodec) and codec.cname.value == "zstd"
+    ReplayBuffer.create(tmp_path / "v3.zarr").add_episode(EPISODES[0])
+    data = zarr.open_group(str(tmp_path / "v3.zarr"), mode="r")["data"]
+    assert data["image"].chunks == (2**20 // 192, 8, 8, 3)  # ~1 MiB of whole steps, images too
+    assert data["action"].chunks == (2**20 // 8, 2)
+    assert data["state"].chunks == (2**20 // 40, 5)
+    blosc, checksum = data["action"].compressors
+    assert isinstance(blosc, zarr.codecs.BloscCodec) and blosc.cname.value == "zstd"
+    assert isinstance(checksum, zarr.codecs.Crc32cCodec)
+    assert (tmp_path / "v3.zarr/data/image/c.0.0.0.0").is_file()  # flat chunk files: one listing finds them
 
-    v2 = ReplayBuffer.create(tmp_path / "v2.zarr", zarr_format=2)
-    v2.add_episode(EPISODES[0])
-    codec = v2["image"].compressors[0]
+    ReplayBuffer.create(tmp_path / "v2.zarr", zarr_format=2).add_episode(EPISODES[0])
+    codec = zarr.open_group(str(tmp_path / "v2.zarr"), mode="r")["data/image"].compressors[0]
     assert isinstance(codec, numcodecs.Blosc) and codec.cname == "zstd"
     assert codec.shuffle == numcodecs.Blosc.SHUFFLE
 

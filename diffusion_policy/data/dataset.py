@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from diffusion_policy.data.images import check_image_array, is_image_shape
 from diffusion_policy.data.normalizer import Normalizer
 from diffusion_policy.data.replay_buffer import ReplayBuffer
 from diffusion_policy.data.sampler import SequenceSampler, split_episodes
@@ -18,8 +19,10 @@ ACTION_KEY = "action"  # the normalizer key of the action, whatever the buffer c
 class SequenceDataset(Dataset):
     """Windows of ``horizon`` steps over the training (or validation) episodes of a buffer.
 
-    Item ``i`` is ``{"obs": {key: float32 (To, ...)}, "action": float32 (T, Da)}`` with
-    ``To = n_obs_steps`` and ``T = horizon``. Windows are padded by repeating edge frames:
+    Item ``i`` is ``{"obs": {key: (To, ...)}, "action": float32 (T, Da)}`` with ``To = n_obs_steps``
+    and ``T = horizon``: a low-dim key is float32 ``(To, D)``, an image key (per-step ``(H, W, C)``,
+    see :mod:`diffusion_policy.data.images`) stays uint8 ``(To, H, W, C)`` so the loader moves a
+    quarter of the bytes; the policy scales it to [0, 1]. Windows are padded by repeating edge frames:
     ``pad_before = To - 1`` and ``pad_after = Ta - 1``. Values are returned unnormalised.
     """
 
@@ -55,6 +58,9 @@ class SequenceDataset(Dataset):
                 raise KeyError(f"key {key!r} not in replay buffer; available keys: {buffer.keys()}")
         if len(buffer[action_key].shape) != 2:
             raise ValueError(f"action {action_key!r} must be (N, Da), got shape {buffer[action_key].shape}")
+        self.image_keys = [key for key in obs_keys if is_image_shape(buffer[key].shape[1:])]
+        for key in self.image_keys:
+            check_image_array(key, buffer[key], leading=1)
         on_disk = not all(isinstance(buffer[key], np.ndarray) for key in keys)
         self._buffer = buffer.copy_to_memory(keys) if in_memory and on_disk else buffer
         _check_finite(self._buffer, keys)
@@ -81,10 +87,11 @@ class SequenceDataset(Dataset):
         return len(self.sampler)
 
     def __getitem__(self, i: int) -> dict:
-        """``{"obs": {key: float32 Tensor (To, ...)}, "action": float32 Tensor (T, Da)}``."""
+        """``{"obs": {key: Tensor (To, ...)}, "action": float32 Tensor (T, Da)}``; images uint8 ``(To, H, W, C)``."""
         window = self.sampler.sample(self._arrays, i, self._first_k)
         action = torch.from_numpy(window.pop(self.action_key).astype(np.float32, copy=False))
-        obs = {key: torch.from_numpy(x.astype(np.float32, copy=False)) for key, x in window.items()}
+        obs = {key: torch.from_numpy(x if key in self.image_keys else x.astype(np.float32, copy=False))
+               for key, x in window.items()}
         return {"obs": obs, "action": action}
 
     def get_validation_dataset(self) -> SequenceDataset:
@@ -92,9 +99,12 @@ class SequenceDataset(Dataset):
         return SequenceDataset(self._buffer, in_memory=False, _episode_mask=self._val_mask, **self._params)
 
     def fit_normalizer(self, mode: str | Mapping[str, str] = "limits") -> Normalizer:
-        """A :class:`Normalizer` fitted on the training episodes' steps of ``obs_keys`` and ``"action"``."""
+        """A :class:`Normalizer` fitted on the training episodes' steps of the low-dim obs keys and ``"action"``.
+
+        Image keys are left out: the policy scales uint8 images to [0, 1] itself.
+        """
         steps = np.repeat(self._train_mask, self._episode_lengths)
-        data = {key: self._arrays[key][: len(steps)][steps] for key in self.obs_keys}
+        data = {key: self._arrays[key][: len(steps)][steps] for key in self.obs_keys if key not in self.image_keys}
         data[ACTION_KEY] = self._arrays[self.action_key][: len(steps)][steps]
         return Normalizer.fit(data, mode=mode)
 

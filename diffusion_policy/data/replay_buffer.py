@@ -6,7 +6,10 @@ Layout of a store (Zarr format 2 or 3)::
     root/meta/episode_ends   (n_episodes,)   int64 cumulative ends, e.g. [50, 120, 200]
 
 Appending writes the data arrays first and ``meta/episode_ends`` last, so a crash mid-append leaves
-an incomplete episode that is invisible on reopening (and overwritten by the next append).
+an incomplete episode that is invisible on reopening (and overwritten by the next append). Image keys
+(per-step ``(H, W, C)``, :mod:`diffusion_policy.data.images`) must be uint8 channel-last. Chunking,
+codecs and the checks that turn a missing or damaged chunk into an error live in
+:mod:`diffusion_policy.data.storage`.
 """
 
 from __future__ import annotations
@@ -16,33 +19,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import numcodecs
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec
 
-ArrayLike = Any  # np.ndarray or zarr.Array (or a prefix view of one): shape, dtype, arr[lo:hi] -> np.ndarray
+from diffusion_policy.data.images import check_image_array, is_image_shape
+from diffusion_policy.data.storage import ARRAY_CONFIG, CheckedArray, check_chunks_stored, chunks_for, create_options
 
-_CHUNK_BYTES = 1 << 20  # low-dim chunks hold ~1 MiB of steps: few, large reads when gathering windows
-_IMAGE_CHUNK_FRAMES = 4  # image chunks hold a few frames: a window reads little beyond what it needs
+ArrayLike = Any  # np.ndarray or CheckedArray: shape, dtype, ndim, arr[lo:hi] -> np.ndarray
+
 _ALLOWED_KINDS = "biuf"  # bool, signed/unsigned int, float
-
-
-def _chunks_for(step_shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
-    """Chunk shape for an array with per-step shape ``step_shape``: whole steps, split along time only."""
-    step_bytes = max(1, itemsize * int(np.prod(step_shape, dtype=np.int64)))
-    if len(step_shape) >= 2:
-        frames = min(_IMAGE_CHUNK_FRAMES, max(1, _CHUNK_BYTES // step_bytes))
-    else:
-        frames = max(1, _CHUNK_BYTES // step_bytes)
-    return (frames, *step_shape)
-
-
-def _compressor(zarr_format: int) -> Any:
-    """Blosc/zstd with byte shuffle, as the codec type each Zarr format accepts."""
-    if zarr_format == 2:
-        return numcodecs.Blosc(cname="zstd", clevel=3, shuffle=numcodecs.Blosc.SHUFFLE)
-    return BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
 
 
 def _validated_ends(raw: np.ndarray, where: str) -> np.ndarray:
@@ -64,31 +49,6 @@ def _validated_ends(raw: np.ndarray, where: str) -> np.ndarray:
         raise ValueError(f"{where}: episode_ends[{i}]={ends[i]} is not greater than the previous end "
                          f"{ends[i - 1] if i else 0} (empty or negative-length episode {i})")
     return ends
-
-
-class _PrefixView:
-    """Read-only view of the first ``n`` rows of a Zarr array (hides the tail of an interrupted append)."""
-
-    def __init__(self, array: zarr.Array, n: int) -> None:
-        self._array, self._n = array, n
-        self.shape = (n, *array.shape[1:])
-        self.dtype = array.dtype
-        self.ndim = array.ndim
-
-    def __len__(self) -> int:
-        return self._n
-
-    def __getitem__(self, key: Any) -> np.ndarray:
-        first, rest = (key[0], key[1:]) if isinstance(key, tuple) else (key, ())
-        if isinstance(first, slice):
-            first = slice(*first.indices(self._n))
-        elif isinstance(first, (int, np.integer)):
-            if not -self._n <= first < self._n:
-                raise IndexError(f"index {first} out of range for {self._n} steps")
-            first = int(first) % self._n
-        else:
-            raise TypeError(f"only int or slice indexing along time is supported, got {type(first).__name__}")
-        return self._array[(first, *rest)]
 
 
 class ReplayBuffer:
@@ -119,7 +79,7 @@ class ReplayBuffer:
         root = zarr.open_group(str(path), mode="w", zarr_format=zarr_format)
         root.require_group("data")
         root.require_group("meta").create_array(
-            "episode_ends", shape=(0,), dtype="int64", chunks=(4096,), compressors=_compressor(zarr_format)
+            "episode_ends", shape=(0,), dtype="int64", **create_options(zarr_format, (4096,))
         )
         return cls(root, {}, np.zeros(0, np.int64), path, read_only=False)
 
@@ -140,11 +100,12 @@ class ReplayBuffer:
         if "data" not in root or "meta/episode_ends" not in root:
             raise ValueError(f"{path} lacks data/ or meta/episode_ends; members: {sorted(root.keys())}")
         ends = _validated_ends(root["meta/episode_ends"][:], str(path))
-        data = dict(root["data"].arrays())
+        data = {key: arr.with_config(ARRAY_CONFIG) for key, arr in root["data"].arrays()}
         n_steps = int(ends[-1]) if len(ends) else 0
         for key, arr in data.items():
             if arr.shape[0] < n_steps:
                 raise ValueError(f"{path}: data/{key} has {arr.shape[0]} steps < episode_ends[-1]={n_steps}")
+            check_chunks_stored(f"{path}/data/{key}", arr, n_steps)
         if n_steps and not data:
             raise ValueError(f"{path}: episode_ends reaches {n_steps} steps but data/ has no arrays")
         return cls(root, data, ends, path, read_only=mode == "r")
@@ -157,7 +118,7 @@ class ReplayBuffer:
     def copy_to_memory(self, keys: Sequence[str] | None = None) -> ReplayBuffer:
         """A writable numpy-backed copy of ``keys`` (default all); gathers from it are fast."""
         keys = self._checked_keys(keys)
-        data = {key: np.array(self[key][:]) for key in keys}
+        data = {key: self._fresh(key, slice(None)) for key in keys}
         return ReplayBuffer(None, data, self._episode_ends.copy(), None, read_only=False)
 
     # ------------------------------------------------------------------ properties
@@ -200,7 +161,7 @@ class ReplayBuffer:
         arr, n = self._data[key], self.n_steps
         if self._root is None:
             return arr[:n]
-        return arr if arr.shape[0] == n else _PrefixView(arr, n)
+        return CheckedArray(arr, f"{self.path}/data/{key}", n)
 
     def __repr__(self) -> str:
         where = self.path if self.path is not None else "memory"
@@ -220,7 +181,7 @@ class ReplayBuffer:
     def get_episode(self, index: int, keys: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """Arrays ``(L, ...)`` of episode ``index`` for ``keys`` (default all), as fresh numpy arrays."""
         sl = self.episode_slice(index)
-        return {key: np.array(self[key][sl]) for key in self._checked_keys(keys)}
+        return {key: self._fresh(key, sl) for key in self._checked_keys(keys)}
 
     def add_episode(self, episode: Mapping[str, np.ndarray]) -> None:
         """Append one episode: ``{key: (L, ...)}`` with the same ``L >= 1`` for every key.
@@ -243,6 +204,11 @@ class ReplayBuffer:
         ends.flags.writeable = False
         self._episode_ends = ends
 
+    def _fresh(self, key: str, steps: slice) -> np.ndarray:
+        """``self[key][steps]`` as an array no buffer shares (Zarr reads already are; numpy views are not)."""
+        values = self[key][steps]
+        return values if self._root is not None else values.copy()
+
     def _checked_keys(self, keys: Sequence[str] | None) -> list[str]:
         if keys is None:
             return self.keys()
@@ -264,6 +230,8 @@ class ReplayBuffer:
                                 f"{type(value).__name__} of shape {getattr(value, 'shape', None)}")
             if value.dtype.kind not in _ALLOWED_KINDS:
                 raise TypeError(f"episode[{key!r}] has dtype {value.dtype}; only bool/int/uint/float")
+            if is_image_shape(value.shape[1:]):
+                check_image_array(key, value, leading=1)
             if value.shape[0] < 1:
                 raise ValueError(f"episode[{key!r}] has length {value.shape[0]}; episodes need >= 1 step")
             if length is None:
@@ -299,8 +267,8 @@ class ReplayBuffer:
         for key in list(self._data):
             del group[key]
         self._data = {
-            key: group.create_array(key, shape=(0, *v.shape[1:]), dtype=v.dtype, compressors=_compressor(fmt),
-                                    chunks=_chunks_for(v.shape[1:], v.dtype.itemsize))
+            key: group.create_array(key, shape=(0, *v.shape[1:]), dtype=v.dtype,
+                                    **create_options(fmt, chunks_for(v.shape[1:], v.dtype.itemsize)))
             for key, v in episode.items()
         }
 

@@ -17,8 +17,10 @@ from torch import nn
 
 from diffusion_policy.config_utils import from_dict, to_dict
 from diffusion_policy.core.checkpoint import atomic_directory, load_json, load_tensors, save_json, save_tensors
+from diffusion_policy.data.images import image_shape_problem
 from diffusion_policy.data.normalizer import Normalizer
 from diffusion_policy.models.lowdim_encoder import LowDimObsEncoder
+from diffusion_policy.models.vision_encoder import MultiObsEncoder
 from diffusion_policy.policy.config import PolicyConfig
 
 FORMAT_VERSION = 1
@@ -33,12 +35,16 @@ class BasePolicy(nn.Module):
 
     def __init__(self, config: PolicyConfig, normalizer: Normalizer):
         super().__init__()
-        missing = [k for k in [*config.obs_shapes, "action"] if k not in normalizer.keys]
+        self._image_keys = frozenset(config.image_keys)
+        # Images are scaled to [0, 1] by `condition`, not by the normaliser.
+        normalized = [k for k in config.obs_shapes if k not in self._image_keys]
+        missing = [k for k in [*normalized, "action"] if k not in normalizer.keys]
         if missing:
             raise KeyError(f"normalizer has no statistics for {missing}; it knows {normalizer.keys}")
         self.config = config
         self.normalizer = normalizer
-        self.obs_encoder = LowDimObsEncoder(config.obs_shapes, config.n_obs_steps)
+        self.obs_encoder = (MultiObsEncoder(config.obs_shapes, config.n_obs_steps, config.vision)
+                            if self._image_keys else LowDimObsEncoder(config.obs_shapes, config.n_obs_steps))
 
     @property
     def device(self) -> torch.device:
@@ -69,8 +75,12 @@ class BasePolicy(nn.Module):
         """Clear per-episode state (none for these policies; kept for the evaluator's interface)."""
 
     def condition(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Raw obs `{key: (B, To, *shape)}` -> global condition `(B, Dc)`."""
-        return self.obs_encoder({k: self.normalizer.normalize(k, obs[k]) for k in self.config.obs_shapes})
+        """Raw obs `{key: (B, To, *shape)}` (images uint8 `(B, To, H, W, C)`) -> global condition `(B, Dc)`.
+
+        Low-dim keys go through the normaliser; images are scaled to float in [0, 1].
+        """
+        return self.obs_encoder({k: obs[k].float() / 255.0 if k in self._image_keys
+                                 else self.normalizer.normalize(k, obs[k]) for k in self.config.obs_shapes})
 
     @torch.no_grad()
     def predict_action(
@@ -87,7 +97,7 @@ class BasePolicy(nn.Module):
         actions with `prefix_weights` `(P,)` in [0, 1] hold the chunk's first P actions while it is
         sampled (real-time chunking): weight 1 holds an action exactly, smaller weights hold it softly.
         """
-        obs = validate_obs(obs, self.config.obs_shapes, self.config.n_obs_steps, self.device)
+        obs = validate_obs(obs, self.config.obs_shapes, self.config.n_obs_steps, self.device, self._image_keys)
         cond = self.condition(obs)
         known, mask = self._prefix_constraint(prefix, prefix_weights, cond.shape[0])
         chunk = self.sample_chunk(cond, generator, noise, known, mask)
@@ -164,9 +174,14 @@ class BasePolicy(nn.Module):
 
 
 def validate_obs(
-    obs: ObsLike, obs_shapes: Mapping[str, tuple[int, ...]], n_obs_steps: int, device: torch.device
+    obs: ObsLike,
+    obs_shapes: Mapping[str, tuple[int, ...]],
+    n_obs_steps: int,
+    device: torch.device,
+    image_keys: frozenset[str] = frozenset(),
 ) -> dict[str, torch.Tensor]:
-    """Check keys, shapes `(B, To, *shape)`, dtypes and finiteness; return float32 tensors on `device`."""
+    """Check keys, shapes `(B, To, *shape)`, dtypes and finiteness; return tensors on `device`:
+    float32 for low-dim keys, uint8 `(B, To, H, W, C)` for `image_keys`."""
     if not isinstance(obs, Mapping):
         raise TypeError(f"obs must be a dict of arrays, got {type(obs).__name__}")
     out: dict[str, torch.Tensor] = {}
@@ -181,8 +196,16 @@ def validate_obs(
             raise TypeError(f"observation {key!r} has dtype {value.dtype}; expected a real number type")
         expected = (batch if batch is not None else value.shape[0] if value.ndim else None, n_obs_steps, *shape)
         if tuple(value.shape) != expected:
-            raise ValueError(f"observation {key!r} has shape {tuple(value.shape)}; expected (B, To, ...) = {expected}")
+            hint = image_shape_problem(key, value.shape[2:]) if key in image_keys and value.ndim == 5 else None
+            raise ValueError(f"observation {key!r} has shape {tuple(value.shape)}; expected (B, To, ...) = {expected}"
+                             + (f": {hint}" if hint else ""))
         batch = value.shape[0]
+        if key in image_keys:
+            if value.dtype != torch.uint8:
+                raise TypeError(f"image {key!r} of shape {tuple(value.shape)} has dtype {value.dtype}; "
+                                "images are uint8 in [0, 255]")
+            out[key] = value.to(device=device)
+            continue
         value = value.to(device=device, dtype=torch.float32)
         if not torch.isfinite(value).all():
             raise ValueError(f"observation {key!r} contains NaN or inf")

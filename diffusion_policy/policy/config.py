@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from diffusion_policy.core.schedulers import SCHEDULER_NAMES, SchedulerConfig
+from diffusion_policy.data.images import image_shape_problem, is_image_shape
 from diffusion_policy.models.unet1d import UNet1DConfig
+from diffusion_policy.models.vision_encoder import VisionConfig
 
 NORMALIZER_MODES = ("limits", "gaussian")
 
@@ -15,6 +17,8 @@ class PolicyConfig:
     """What every policy shares: its observation keys and the chunking of actions in time.
 
     `obs_shapes` maps each observation key to its per-step shape; the policy sees `(B, To, *shape)`.
+    A key with a three-dimensional shape is a camera image `(H, W, C)` (uint8, see
+    `diffusion_policy.data.images`), encoded as `vision` says; the others are low-dimensional.
     A predicted chunk is `(B, horizon, action_dim)`; the executed slice is
     `[n_obs_steps - 1 : n_obs_steps - 1 + n_action_steps]`.
     """
@@ -25,6 +29,12 @@ class PolicyConfig:
     n_obs_steps: int = 2
     n_action_steps: int = 8
     normalizer_mode: str = "limits"
+    vision: VisionConfig = field(default_factory=VisionConfig)
+
+    @property
+    def image_keys(self) -> list[str]:
+        """The observation keys that are camera images, in `obs_shapes` order."""
+        return [key for key, shape in self.obs_shapes.items() if is_image_shape(shape)]
 
     def __post_init__(self) -> None:
         if not self.obs_shapes:
@@ -33,6 +43,8 @@ class PolicyConfig:
         for key, shape in self.obs_shapes.items():
             if "." in key or not shape or min(shape) < 1:
                 raise ValueError(f"observation key {key!r} with shape {shape} is invalid")
+            if len(shape) > 1 and (problem := image_shape_problem(key, shape)) is not None:
+                raise ValueError(f"{problem} (low-dim keys are (D,), images (H, W, C))")
         for name in ("action_dim", "horizon", "n_obs_steps", "n_action_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
