@@ -26,8 +26,15 @@ def _close_open_renderers() -> None:
 
 
 def use_default_backend() -> None:
-    """Set `MUJOCO_GL` to EGL unless the user chose a backend; must run before `mujoco` is imported."""
+    """Set `MUJOCO_GL` to EGL unless the user chose a backend; must run before `mujoco` is imported.
+
+    Also makes Mesa's software rasteriser draw in the calling thread (`LP_NUM_THREADS=0`, unless
+    set): its worker threads do not survive `fork`, so a process forked after rendering (the
+    evaluator's vector-env workers) would hang on its first frame. At 96 x 96 this still draws
+    hundreds of frames per second (docs/visuomotor.md).
+    """
     os.environ.setdefault("MUJOCO_GL", DEFAULT_BACKEND)
+    os.environ.setdefault("LP_NUM_THREADS", "0")
 
 
 def offscreen_renderer(model: Any, width: int, height: int) -> Any:
