@@ -8,8 +8,8 @@ render a 96 x 96 camera image every step). Frames: 96 x 96 top-down images per s
 camera with MuJoCo's default settings (640 x 480 offscreen buffer, shadows, 4x multisampling) and
 with ours (`envs.offscreen`: buffer sized to the image, neither), from the NumPy drawing, and from
 the original's pixel observation. Everything runs in this one process pinned to one core; Mesa's
-software rasteriser draws in the calling thread (`envs` sets `LP_NUM_THREADS=0`). The original runs only when gym-pusht is
-installed (`pip install -e '.[pusht-original]'`).
+software rasteriser draws in the calling thread (`envs` sets `LP_NUM_THREADS=0`). The original runs
+only when gym-pusht is installed (`pip install -e '.[pusht-original]'`).
 """
 
 from __future__ import annotations
