@@ -1,4 +1,4 @@
-"""DDIMPlan: the precomputed in-place DDIM loop reproduces diffusers' DDIMScheduler through core.sample."""
+"""DDIMPlan: the precomputed in-place DDIM loop reproduces the core DDIM scheduler (ClippedDDIMScheduler) through core.sample."""
 
 from __future__ import annotations
 

@@ -44,9 +44,63 @@ def test_ddim_and_clip_options() -> None:
     assert ddim.config.set_alpha_to_one and ddim.config.steps_offset == 0
     assert not ddim.config.clip_sample
     assert make_scheduler("ddpm", SchedulerConfig()).config.clip_sample
-    dpm = make_scheduler("dpmsolver++", SchedulerConfig(prediction_type="v_prediction"))
+    dpm = make_scheduler("dpmsolver++", SchedulerConfig(prediction_type="v_prediction", clip_sample=False))
     assert dpm.config.algorithm_type == "dpmsolver++" and not dpm.config.thresholding
     assert dpm.config.prediction_type == "v_prediction"
+    assert make_scheduler("dpmsolver++", SchedulerConfig()).config.thresholding
+
+
+@pytest.mark.parametrize("name", SCHEDULER_NAMES)
+@pytest.mark.parametrize("clip_sample", [True, False])
+def test_clip_sample_bounds_every_sampler(name: str, clip_sample: bool) -> None:
+    # A denoiser whose clean-sample predictions overshoot [-1, 1]: with clip_sample every sampler's
+    # output stays inside (its last step returns a clipped x0); without it they leave the range.
+    from diffusion_policy.core.sampling import sample
+
+    def overshooting(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return -2.0 * torch.sign(x)
+
+    scheduler = make_scheduler(name, SchedulerConfig(clip_sample=clip_sample))
+    noise = torch.randn(8, 16, 2, generator=torch.Generator().manual_seed(0))  # (B, T, Da) like a policy's
+    out = sample(overshooting, scheduler, 10, noise=noise, generator=torch.Generator().manual_seed(1))
+    assert (out.abs().max() <= 1.0 + 1e-5) == clip_sample
+
+
+def _implied_noise(scheduler, x: torch.Tensor, x0: torch.Tensor, t: int) -> torch.Tensor:
+    abar = scheduler.alphas_cumprod[t] if t >= 0 else scheduler.final_alpha_cumprod
+    return (x - abar.sqrt() * x0) / (1 - abar).sqrt()
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
+def test_clipped_ddim_step_stays_on_the_path_of_the_clipped_prediction(prediction_type: str) -> None:
+    # DDIM (eta 0) moves x_t along the line through its clean prediction: x_t and x_prev imply the same
+    # noise for that x0. With clip_sample the x0 is the clipped one; diffusers' default step keeps the raw
+    # epsilon instead and leaves that line wherever clipping happened.
+    config = SchedulerConfig(num_train_timesteps=1000, beta_schedule="linear", prediction_type=prediction_type)
+    scheduler = make_scheduler("ddim", config)
+    scheduler.set_timesteps(50)
+    t, t_prev = 500, 480
+    assert scheduler.timesteps.tolist()[24:26] == [t, t_prev]
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 64, generator=gen)
+    out = 3.0 * torch.randn(4, 64, generator=gen)  # far enough out that many x0 entries are clipped
+    step = scheduler.step(out, t, x)
+    x0 = step.pred_original_sample
+    assert x0.abs().max() <= 1.0 and bool((x0.abs() == 1.0).any())
+    torch.testing.assert_close(_implied_noise(scheduler, step.prev_sample, x0, t_prev),
+                               _implied_noise(scheduler, x, x0, t), rtol=1e-4, atol=1e-4)
+    raw = scheduler.step(out, t, x, use_clipped_model_output=False).prev_sample
+    assert not torch.allclose(_implied_noise(scheduler, raw, x0, t_prev), _implied_noise(scheduler, x, x0, t),
+                              atol=1e-2)
+    unclipped = make_scheduler("ddim", SchedulerConfig(**{**config.__dict__, "clip_sample": False}))
+    unclipped.set_timesteps(50)
+    # Nothing clipped: the re-derived epsilon is the network's own, so the step is the unclipped one.
+    inside, noise = 0.9 * torch.rand(4, 64, generator=gen) - 0.45, torch.randn(4, 64, generator=gen)
+    a, b = scheduler.alphas_cumprod[t].sqrt(), (1 - scheduler.alphas_cumprod[t]).sqrt()
+    x_in = a * inside + b * noise
+    out_in = {"epsilon": noise, "sample": inside, "v_prediction": a * noise - b * inside}[prediction_type]
+    torch.testing.assert_close(scheduler.step(out_in, t, x_in).prev_sample,
+                               unclipped.step(out_in, t, x_in).prev_sample, rtol=1e-5, atol=1e-5)
 
 
 def test_unknown_scheduler_name() -> None:

@@ -4,16 +4,21 @@
 tensors per call. Per step every prediction type reduces to two affine maps of ``(x_t, out)``
 (Song et al. 2021, "Denoising Diffusion Implicit Models", eq. 12 with sigma = 0)::
 
-    x0   = a_x * x_t + a_o * out        (then clipped to [-r, r] when clip_sample is on)
+    x0   = a_x * x_t + a_o * out
     eps  = e_x * x_t + e_o * out
     x_prev = sqrt(abar_prev) * x0 + sqrt(1 - abar_prev) * eps
+
+When clip_sample is on, ``x0`` is clipped to ``[-r, r]`` and ``eps`` is re-derived from it,
+``eps = (x_t - sqrt(abar) x0) / sqrt(1 - abar)``, so the step stays on the DDIM path through the
+clipped prediction (:class:`~diffusion_policy.core.schedulers.ClippedDDIMScheduler`); then
+``x_prev = c_x * x_t + c_x0 * x0`` with both coefficients precomputed.
 
 with, writing ``abar`` for the cumulative alpha at step t:
 epsilon: ``x0 = (x - sqrt(1-abar) out) / sqrt(abar)``, ``eps = out``;
 sample: ``x0 = out``, ``eps = (x - sqrt(abar) out) / sqrt(1-abar)``;
 v: ``x0 = sqrt(abar) x - sqrt(1-abar) out``, ``eps = sqrt(abar) out + sqrt(1-abar) x``.
 The update then runs in place on the sample with one preallocated buffer, which also makes the loop
-capturable in a CUDA graph. It reproduces diffusers' ``DDIMScheduler.step`` (eta = 0, no thresholding),
+capturable in a CUDA graph. It reproduces ``ClippedDDIMScheduler.step`` (eta = 0, no thresholding),
 and ``sample`` inpaints exactly as :func:`diffusion_policy.core.sampling.sample` does.
 """
 
@@ -43,6 +48,8 @@ class DDIMCoefficients:
     keep_eps: float
     noise_x0: float
     noise_eps: float
+    c_x: float
+    c_x0: float
 
 
 class DDIMPlan:
@@ -80,9 +87,11 @@ class DDIMPlan:
         c = self.steps[index]
         torch.mul(x, c.a_x, out=x0)
         x0.add_(model_out, alpha=c.a_o)
-        if self.clip_range is not None:
+        if self.clip_range is None:
+            x.mul_(c.keep_eps * c.e_x).add_(model_out, alpha=c.keep_eps * c.e_o).add_(x0, alpha=c.keep_x0)
+        else:
             x0.clamp_(-self.clip_range, self.clip_range)
-        x.mul_(c.keep_eps * c.e_x).add_(model_out, alpha=c.keep_eps * c.e_o).add_(x0, alpha=c.keep_x0)
+            x.mul_(c.c_x).add_(x0, alpha=c.c_x0)
 
     def sample(
         self,
@@ -121,4 +130,6 @@ def _coefficients(t: int, abar: float, abar_prev: float, prediction_type: str) -
         a_x, a_o, e_x, e_o = s, -n, n, s
     else:
         raise ValueError(f"unknown {prediction_type=}")
-    return DDIMCoefficients(t, a_x, a_o, e_x, e_o, math.sqrt(abar_prev), math.sqrt(1.0 - abar_prev), s, n)
+    keep_x0, keep_eps = math.sqrt(abar_prev), math.sqrt(1.0 - abar_prev)
+    # With clipping: x_prev = keep_x0 x0 + keep_eps (x_t - s x0) / n.
+    return DDIMCoefficients(t, a_x, a_o, e_x, e_o, keep_x0, keep_eps, s, n, keep_eps / n, keep_x0 - keep_eps * s / n)
