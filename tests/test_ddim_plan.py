@@ -1,4 +1,5 @@
-"""DDIMPlan: the precomputed in-place DDIM loop reproduces the core DDIM scheduler (ClippedDDIMScheduler) through core.sample."""
+"""DDIMPlan: the precomputed in-place DDIM loop reproduces the core DDIM scheduler
+(ClippedDDIMScheduler) through core.sample."""
 
 from __future__ import annotations
 

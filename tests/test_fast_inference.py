@@ -1,4 +1,5 @@
-"""Fast inference: FrozenUnet1D reproduces the network, the policy's fast path tracks the eager one."""
+"""Fast inference: FrozenUnet1D reproduces the network, the policy's fast path tracks the eager one,
+and the CUDA-graph chunk replays the fast path (its static-buffer code is checked on CPU too)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,12 @@ import copy
 import pytest
 import torch
 
+from diffusion_policy.core.ddim_plan import DDIMPlan
+from diffusion_policy.core.schedulers import SchedulerConfig, make_scheduler
 from diffusion_policy.models.unet1d import ConditionalUnet1D, UNet1DConfig
 from diffusion_policy.models.unet1d_frozen import FrozenUnet1D
 from diffusion_policy.policy import DiffusionPolicy
+from diffusion_policy.policy.graphed_chunk import GraphedChunk
 from tests.test_policy import normalizer, observation, small_config
 
 CONFIGS = [
@@ -99,3 +103,67 @@ def test_unknown_inference_mode_is_named():
     policy = DiffusionPolicy(small_config(), normalizer())
     with pytest.raises(ValueError, match="'turbo'"):
         policy.inference = "turbo"
+
+
+def graphed_setup(config: UNet1DConfig, cond_dim: int, device: str = "cpu"):
+    frozen = FrozenUnet1D(random_network(config, cond_dim).to(device))
+    plan = DDIMPlan(make_scheduler("ddim", SchedulerConfig()), 10)
+    return frozen, plan
+
+
+def fast_chunk(frozen: FrozenUnet1D, plan: DDIMPlan, cond: torch.Tensor | None, noise: torch.Tensor) -> torch.Tensor:
+    film = frozen.film(cond, plan.timesteps)
+    return plan.sample(lambda x, i: frozen.denoise(x, film, i), noise)
+
+
+@pytest.mark.parametrize("config,cond_dim", CONFIGS)
+def test_graphed_chunk_static_buffers_reproduce_the_fast_path(config, cond_dim):
+    frozen, plan = graphed_setup(config, cond_dim)
+    graphed = GraphedChunk(frozen, plan, (2, 8, 3), cond_dim, torch.device("cpu"))
+    assert not graphed.captured  # no CUDA graph on a CPU: the same buffers, run eagerly
+    g = torch.Generator().manual_seed(0)
+    for _ in range(2):  # new inputs each call go through the same static buffers
+        noise = torch.randn(2, 8, 3, generator=g)
+        cond = torch.randn(2, cond_dim, generator=g) if cond_dim else None
+        assert torch.equal(graphed(cond, noise), fast_chunk(frozen, plan, cond, noise))
+
+
+def test_graphed_chunk_rejects_other_shapes_and_capture_without_cuda():
+    frozen, plan = graphed_setup(*CONFIGS[0])
+    graphed = GraphedChunk(frozen, plan, (2, 8, 3), 10, torch.device("cpu"))
+    with pytest.raises(ValueError, match=r"noise has shape \(1, 8, 3\).*\(2, 8, 3\)"):
+        graphed(torch.zeros(2, 10), torch.zeros(1, 8, 3))
+    with pytest.raises(ValueError, match=r"cond has shape \(2, 7\); expected \(2, 10\)"):
+        graphed(torch.zeros(2, 7), torch.zeros(2, 8, 3))
+    with pytest.raises(ValueError, match=r"cond has shape None"):
+        graphed(None, torch.zeros(2, 8, 3))
+    with pytest.raises(ValueError, match="needs a CUDA device, got cpu"):
+        GraphedChunk(frozen, plan, (2, 8, 3), 10, torch.device("cpu"), capture=True)
+
+
+def test_cpu_fast_path_builds_no_graph():
+    torch.manual_seed(0)
+    policy = DiffusionPolicy(small_config(), normalizer()).eval()
+    predictions(policy, "fast")
+    assert policy._graphed is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_graph_replays_the_fast_path():
+    frozen, plan = graphed_setup(*CONFIGS[0], device="cuda")
+    graphed = GraphedChunk(frozen, plan, (2, 8, 3), 10, torch.device("cuda"))
+    assert graphed.captured
+    g = torch.Generator(device="cuda").manual_seed(0)
+    for _ in range(2):
+        noise, cond = torch.randn(2, 8, 3, generator=g, device="cuda"), torch.randn(2, 10, generator=g, device="cuda")
+        torch.testing.assert_close(graphed(cond, noise), fast_chunk(frozen, plan, cond, noise), rtol=1e-3, atol=1e-3)
+    torch.manual_seed(0)
+    policy = DiffusionPolicy(small_config(), normalizer()).eval().cuda()
+    obs = {k: v.cuda() for k, v in observation(batch=5).items()}
+    policy.inference = "fast"
+    fast = policy.predict_action(obs, generator=torch.Generator(device="cuda").manual_seed(3))["action_pred"]
+    assert policy._graphed is not None
+    policy.inference = "eager"
+    eager = policy.predict_action(obs, generator=torch.Generator(device="cuda").manual_seed(3))["action_pred"]
+    assert (fast - eager).abs().max() <= 0.05
+    assert copy.deepcopy(policy)._graphed is None
