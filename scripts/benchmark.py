@@ -17,6 +17,12 @@ Cases:
 - `ema_update`: one EMA update of the 65.8M network (the trainer does it after every step).
 - `data_loading`: training windows/s through the trainer's DataLoader at batch 256.
 - `memory_read`: sustained read bandwidth, and the weight-read floor of a bf16 10-step chunk it implies.
+- `weight_only_gemms` (CPU): the convolution GEMMs of ten batch-1 forwards of the 65.8M network (a
+  chunk's weight stream, 4-16 rows each), with bf16 weights (`addmm`, the fast path) against torch's
+  weight-only int8 (`_weight_int8pack_mm`) and int4 (`_weight_int4pack_mm_for_cpu`, groups of 128)
+  kernels, which read 2x and 4x fewer weight bytes.
+
+    python scripts/benchmark.py --cases weight_only_gemms   # one case; JSON keeps only what ran
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 from torch.utils.data import DataLoader
 
 from diffusion_policy.core.ema import EMA
@@ -41,12 +48,14 @@ from diffusion_policy.data.dataset import SequenceDataset
 from diffusion_policy.data.replay_buffer import ReplayBuffer
 from diffusion_policy.models.gemm_conv import GemmConv1d
 from diffusion_policy.models.unet1d import UNet1DConfig
+from diffusion_policy.models.unet1d_frozen import FrozenUnet1D
 from diffusion_policy.policy import DiffusionPolicy, DiffusionPolicyConfig
 
 HORIZON, N_OBS_STEPS, ACTION_DIM = 16, 2, 2
 STATE_OBS_DIM = 20  # Push-T keypoints + agent position
 IMAGE_OBS_DIM = 66  # one camera's 64 ResNet features + agent position
 IMAGE_NET = (512, 1024, 2048)
+INT4_GROUP = 128
 
 
 def percentiles(times_ms: list[float]) -> dict[str, float]:
@@ -174,22 +183,108 @@ def memory_case(weight_bytes_per_step: int, device: torch.device, sync) -> dict:
             "ddim10_chunk_floor_ms": 10 * weight_bytes_per_step / gbps / 1e6}
 
 
-def run(quick: bool, device: torch.device) -> dict:
+class _RecordGemms(TorchFunctionMode):
+    """Records ``(rows M, out N, reduction K)`` of every ``bf16 weight (N, K) @ columns (K, M)`` product."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shapes: list[tuple[int, int, int]] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 (torch's protocol)
+        if func in (torch.addmm, torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__):
+            weight, columns = args[-2:]
+            if weight.dtype == torch.bfloat16 and weight.ndim == columns.ndim == 2:
+                self.shapes.append((columns.shape[1], *weight.shape))
+        return func(*args, **(kwargs or {}))
+
+
+def conv_gemms(network: nn.Module) -> list[tuple[int, int, int]]:
+    """``(M, N, K)`` of the bf16 convolution GEMMs of one batch-1 forward of the fast path, in order."""
+    frozen = FrozenUnet1D(network)
+    film = frozen.film(torch.zeros(1, network.global_cond_dim), torch.arange(10))
+    with _RecordGemms() as recorder:
+        frozen.denoise(torch.zeros(1, HORIZON, ACTION_DIM), film, 0)
+    return recorder.shapes
+
+
+def int8_weights(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``weight (N, K)`` -> symmetric per-row int8 ``(N, K)`` and bf16 scales ``(N,)`` for ``_weight_int8pack_mm``."""
+    scale = weight.abs().amax(1).clamp(min=1e-8) / 127
+    return torch.round(weight / scale[:, None]).to(torch.int8), scale.bfloat16()
+
+
+def int4_weights(weight: torch.Tensor, group: int = INT4_GROUP) -> tuple[torch.Tensor, torch.Tensor]:
+    """``weight (N, K)`` -> packed asymmetric int4 and bf16 ``(K / group, N, 2)`` scales and zeros for
+    ``_weight_int4pack_mm_for_cpu``, which dequantises a code ``q`` as ``(q - 8) * scale + zero``."""
+    n, k = weight.shape
+    groups = weight.reshape(n, k // group, group)
+    low, high = groups.amin(-1), groups.amax(-1)
+    step = (high - low).clamp(min=1e-8) / 15
+    codes = torch.round((groups - low[..., None]) / step[..., None]).to(torch.int32).reshape(n, k)
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 8)
+    return packed, torch.stack([step.t(), (low + 8 * step).t()], -1).contiguous().bfloat16()
+
+
+def weight_only_case(reps: int) -> dict:
+    """Ten forwards' convolution GEMMs with bf16, int8 and int4 weights (random values, real shapes)."""
+    network = make_policy(synthetic_dataset(STATE_OBS_DIM, n_episodes=5), (256, 512, 1024), torch.device("cpu")).network
+    layers = []
+    for m, n, k in conv_gemms(network):
+        weight = 0.02 * torch.randn(n, k)
+        int8, int8_scale = int8_weights(weight)
+        int4, int4_scale_zero = int4_weights(weight)
+        layers.append({
+            "rows": torch.randn(m, k, dtype=torch.bfloat16), "cols": torch.randn(k, m, dtype=torch.bfloat16),
+            "bf16": weight.bfloat16(), "bias": torch.zeros(n, 1, dtype=torch.bfloat16),
+            "int8": int8, "int8_scale": int8_scale, "int4": int4, "int4_scale_zero": int4_scale_zero,
+        })
+
+    def stream(gemm: Callable[[dict], object]) -> Callable[[], None]:
+        def run() -> None:
+            for _ in range(10):
+                for layer in layers:
+                    gemm(layer)
+        return run
+
+    result = side_by_side({
+        "bf16": stream(lambda w: torch.addmm(w["bias"], w["bf16"], w["cols"])),
+        "int8": stream(lambda w: torch.ops.aten._weight_int8pack_mm(w["rows"], w["int8"], w["int8_scale"])),
+        "int4": stream(lambda w: torch.ops.aten._weight_int4pack_mm_for_cpu(w["rows"], w["int4"], INT4_GROUP,
+                                                                            w["int4_scale_zero"])),
+    }, 2, reps, lambda: None)
+    weights = sum(layer["bf16"].numel() for layer in layers)
+    for path, bytes_per_weight in (("bf16", 2), ("int8", 1), ("int4", 0.5)):
+        result[path]["weight_gb_per_s"] = 10 * weights * bytes_per_weight / result[path]["p50_ms"] / 1e6
+    result["gemms_per_forward"] = len(layers)
+    result["rows_per_gemm"] = sorted({len(layer["rows"]) for layer in layers})
+    return result
+
+
+def run(quick: bool, device: torch.device, cases: list[str]) -> dict:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     reps = 5 if quick else 30
-    results = {
-        "ddim10_chunk_b1": chunk_case((256, 512, 1024), STATE_OBS_DIM, device, reps, sync),
-        "ddim10_chunk_b1_image_net": chunk_case(IMAGE_NET, IMAGE_OBS_DIM, device, max(3, reps // 4), sync),
-        "train_step_b64": train_case(64, device, max(3, reps // 3), sync),
-        "train_step_b256": train_case(256, device, max(2, reps // 8), sync),
-        "ema_update": ema_case(device, max(3, reps // 3), sync),
-        "data_loading": data_case(2 if quick else 10),
+
+    def memory() -> dict:
+        state_net = make_policy(synthetic_dataset(STATE_OBS_DIM, n_episodes=5), (256, 512, 1024), device).network
+        conv_bytes = 2 * sum(m.weight.numel() for m in state_net.modules()
+                             if isinstance(m, (GemmConv1d, nn.ConvTranspose1d)))
+        return memory_case(conv_bytes, device, sync)
+
+    runners: dict[str, Callable[[], dict]] = {
+        "ddim10_chunk_b1": lambda: chunk_case((256, 512, 1024), STATE_OBS_DIM, device, reps, sync),
+        "ddim10_chunk_b1_image_net": lambda: chunk_case(IMAGE_NET, IMAGE_OBS_DIM, device, max(3, reps // 4), sync),
+        "train_step_b64": lambda: train_case(64, device, max(3, reps // 3), sync),
+        "train_step_b256": lambda: train_case(256, device, max(2, reps // 8), sync),
+        "ema_update": lambda: ema_case(device, max(3, reps // 3), sync),
+        "data_loading": lambda: data_case(2 if quick else 10),
+        "memory_read": memory,
     }
-    state_net = make_policy(synthetic_dataset(STATE_OBS_DIM, n_episodes=5), (256, 512, 1024), device).network
-    conv_bytes = 2 * sum(m.weight.numel() for m in state_net.modules()
-                         if isinstance(m, (GemmConv1d, nn.ConvTranspose1d)))
-    results["memory_read"] = memory_case(conv_bytes, device, sync)
-    return results
+    if device.type == "cpu":
+        runners["weight_only_gemms"] = lambda: weight_only_case(max(3, reps // 3))
+    unknown = sorted(set(cases) - set(runners))
+    if unknown:
+        raise SystemExit(f"unknown case(s) {unknown} for {device.type}; valid: {sorted(runners)}")
+    return {name: runner() for name, runner in runners.items() if not cases or name in cases}
 
 
 def machine_info(device: torch.device) -> dict[str, object]:
@@ -229,10 +324,11 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (smoke run)")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/<device>.json)")
+    parser.add_argument("--cases", nargs="+", default=[], help="run only these cases (default: all)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    report = {"machine": machine_info(device), "results": run(args.quick, device)}
+    report = {"machine": machine_info(device), "results": run(args.quick, device, args.cases)}
     out = args.out or Path("benchmarks") / f"{device.type}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")

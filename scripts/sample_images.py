@@ -1,7 +1,7 @@
 r"""Sample and score a trained image model (see scripts/train_image.py).
 
 Examples:
-    # a grid, one row per class (DDIM 10 steps, guidance 2: the best measured setting, docs/image_generation.md)
+    # a grid, one row per class (DDIM 50 steps, guidance 2: the best measured DDIM, docs/image_generation.md)
     python scripts/sample_images.py --model runs/image/ours_2026-01-01_12-00-00
     # quality of 2000 samples against the Fashion-MNIST test set, with the real-vs-real floor
     python scripts/sample_images.py --model <run> --evaluate 2000
@@ -51,7 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", required=True, type=Path, help="model directory or training run directory")
     parser.add_argument("--out", type=Path, help="output directory (default: <run>/samples)")
     parser.add_argument("--sampler", choices=SCHEDULER_NAMES, default="ddim")
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--guidance", type=float, nargs="+", default=[2.0], help="classifier-free guidance scale(s)")
     parser.add_argument("--per-class", type=int, default=10, help="grid columns (samples per class); 0: no grid")
     parser.add_argument("--evaluate", type=int, default=0, metavar="N", help="score N samples per guidance scale")

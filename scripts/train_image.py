@@ -3,7 +3,7 @@
 Every option can be overridden on the command line (e.g. `image_training.max_minutes=10
 image_model.unet.channels=[64,128,256]`). The run directory holds the resolved config, metrics,
 checkpoints, `train_summary.json`, the EMA model in `model/` and a sample grid `samples.png`
-(one row per class, DDIM 10 steps, guidance 2). `resume=true run_dir=<dir>` continues a run.
+(one row per class, DDIM 50 steps, guidance 2). `resume=true run_dir=<dir>` continues a run.
 """
 
 from __future__ import annotations

@@ -59,7 +59,7 @@ def generate_balanced(
     num_samples: int,
     *,
     sampler: str = "ddim",
-    steps: int = 10,
+    steps: int = 50,
     guidance_scale: float = 2.0,
     batch_size: int = 125,
     seed: int = 0,

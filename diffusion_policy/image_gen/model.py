@@ -128,7 +128,7 @@ class ImageDiffusionModel(nn.Module):
         *,
         num_samples: int | None = None,
         sampler: str = "ddim",
-        steps: int = 10,
+        steps: int = 50,
         guidance_scale: float = 2.0,
         generator: torch.Generator | None = None,
         noise: Tensor | None = None,

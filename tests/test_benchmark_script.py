@@ -1,0 +1,46 @@
+"""scripts/benchmark.py's weight-only case: the GEMM shapes it streams and the quantised weights it feeds."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("benchmark_script", ROOT / "scripts" / "benchmark.py")
+benchmark = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(benchmark)
+
+
+def test_conv_gemms_are_the_bf16_convolutions_of_the_paper_network():
+    network = benchmark.make_policy(benchmark.synthetic_dataset(benchmark.STATE_OBS_DIM, n_episodes=2),
+                                    (256, 512, 1024), torch.device("cpu")).network
+    shapes = benchmark.conv_gemms(network)
+    assert len(shapes) == 30
+    assert {m for m, _, _ in shapes} == {4, 8, 16}  # horizon 16 halved twice, batch 1
+    # Every convolution weight except the float32 first block's and the output head's.
+    first, head = network.down[0][0], network.final
+    fp32 = sum(m.weight.numel() for part in (first, head) for m in part.modules() if isinstance(m, torch.nn.Conv1d))
+    kinds = (torch.nn.Conv1d, torch.nn.ConvTranspose1d)
+    convs = sum(m.weight.numel() for m in network.modules() if isinstance(m, kinds))
+    assert sum(n * k for _, n, k in shapes) == convs - fp32 == 60_293_120
+
+
+def test_quantised_weights_reproduce_the_product():
+    g = torch.Generator().manual_seed(0)
+    weight, rows = 0.02 * torch.randn(64, 256, generator=g), torch.randn(4, 256, generator=g).bfloat16()
+    exact = rows.float() @ weight.t()
+    int8 = torch.ops.aten._weight_int8pack_mm(rows, *benchmark.int8_weights(weight)).float()
+    packed, scale_zero = benchmark.int4_weights(weight)
+    int4 = torch.ops.aten._weight_int4pack_mm_for_cpu(rows, packed, benchmark.INT4_GROUP, scale_zero).float()
+    scale = exact.abs().max()
+    assert (int8 - exact).abs().max() <= 0.02 * scale  # 8 bits
+    assert (int4 - exact).abs().max() <= 0.15 * scale  # 4 bits in groups of 128
+    assert (int4 - exact).abs().max() > (int8 - exact).abs().max()
+
+
+def test_unknown_case_lists_the_valid_ones():
+    with pytest.raises(SystemExit, match=r"unknown case\(s\) \['warp'\].*weight_only_gemms"):
+        benchmark.run(True, torch.device("cpu"), ["warp"])
