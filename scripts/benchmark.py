@@ -22,7 +22,10 @@ Cases:
   weight-only int8 (`_weight_int8pack_mm`) and int4 (`_weight_int4pack_mm_for_cpu`, groups of 128)
   kernels, which read 2x and 4x fewer weight bytes.
 
-    python scripts/benchmark.py --cases weight_only_gemms   # one case; JSON keeps only what ran
+    python scripts/benchmark.py --cases weight_only_gemms memory_read --out benchmarks/cpu_weight_only.json
+
+A run of selected cases writes only those, by default to `benchmarks/<device>_<case>[_<case>...].json`,
+so it never replaces the full `benchmarks/<device>.json`.
 """
 
 from __future__ import annotations
@@ -329,7 +332,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     report = {"machine": machine_info(device), "results": run(args.quick, device, args.cases)}
-    out = args.out or Path("benchmarks") / f"{device.type}.json"
+    out = args.out or Path("benchmarks") / ("_".join([device.type, *args.cases]) + ".json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print_report(report["results"])
