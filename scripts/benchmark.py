@@ -8,12 +8,18 @@ Each case times its paths interleaved (A, B, A, B, ...) after warm-up, so machin
 alike, and reports p50 / p99 / mean latency per path and the ratio of p50s (eager / fast).
 
 Cases:
+"eager" is plain PyTorch: the same network with `nn.Conv1d` / `nn.ConvTranspose1d` layers in
+float32, as the original code and LeRobot run it.
+
 - `ddim10_chunk_b1` (Push-T state network, down_dims [256,512,1024], 65.8M parameters) and
   `ddim10_chunk_b1_image_net` (the image policy's U-Net, [512,1024,2048], ~255M): one 10-step DDIM
-  chunk at batch 1 through `predict_action`, `inference="eager"` vs `"fast"`, plus the largest
+  chunk at batch 1 through `predict_action`, eager vs `inference="fast"`, plus the largest
   action difference between the two paths from the same noise (normalised units, range [-1, 1]).
 - `train_step_b64`, `train_step_b256`: loss + backward + gradient clipping + AdamW, eager (fp32,
-  foreach AdamW) vs fast (bf16 autocast with GEMM convolutions, fused AdamW); samples/s.
+  foreach AdamW, `clip_grad_norm_`) vs fast (the trainer with `mixed_precision=bf16`: bf16 autocast
+  over the GEMM convolutions, `FusedAdamW` with the clipping folded in); samples/s. A third path,
+  `fp32`, is the trainer's CPU default (float32 GEMM convolutions, `FusedAdamW`). Both run with the trainer's
+  allocator setting (`core/cpu_malloc.py`, process-wide on CPU).
 - `ema_update`: one EMA update of the 65.8M network (the trainer does it after every step).
 - `data_loading`: training windows/s through the trainer's DataLoader at batch 256.
 - `memory_read`: sustained read bandwidth, and the weight-read floor of a bf16 10-step chunk it implies.
@@ -46,10 +52,12 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils.data import DataLoader
 
+from diffusion_policy.core.cpu_malloc import keep_freed_memory
 from diffusion_policy.core.ema import EMA
+from diffusion_policy.core.fused_adamw import FusedAdamW
 from diffusion_policy.data.dataset import SequenceDataset
 from diffusion_policy.data.replay_buffer import ReplayBuffer
-from diffusion_policy.models.gemm_conv import GemmConv1d
+from diffusion_policy.models.gemm_conv import GemmConv1d, GemmConvTranspose1d
 from diffusion_policy.models.unet1d import UNet1DConfig
 from diffusion_policy.models.unet1d_frozen import FrozenUnet1D
 from diffusion_policy.policy import DiffusionPolicy, DiffusionPolicyConfig
@@ -102,6 +110,20 @@ def make_policy(dataset: SequenceDataset, down_dims: tuple[int, ...], device: to
     return DiffusionPolicy(config, dataset.fit_normalizer()).to(device)
 
 
+def with_plain_convolutions(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose GEMM convolutions are PyTorch's own ``nn.Conv1d`` / ``nn.ConvTranspose1d``."""
+    model = copy.deepcopy(model)
+    for module in list(model.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, (GemmConv1d, GemmConvTranspose1d)):
+                plain_type = nn.Conv1d if isinstance(child, GemmConv1d) else nn.ConvTranspose1d
+                plain = plain_type(child.in_channels, child.out_channels, child.kernel_size, stride=child.stride,
+                                   padding=child.padding, bias=child.bias is not None)
+                plain.load_state_dict(child.state_dict())
+                setattr(module, name, plain.to(child.weight.device))
+    return model
+
+
 def batch_of(dataset: SequenceDataset, size: int, device: torch.device) -> dict:
     items = [dataset[i] for i in range(size)]
     return {"obs": {"obs": torch.stack([it["obs"]["obs"] for it in items]).to(device)},
@@ -112,21 +134,16 @@ def chunk_case(down_dims: tuple[int, ...], obs_dim: int, device: torch.device, r
     """10-step DDIM chunk at batch 1: eager vs fast latency, and their action difference."""
     dataset = synthetic_dataset(obs_dim, n_episodes=20)
     policy = make_policy(dataset, down_dims, device).eval()
+    plain = with_plain_convolutions(policy)
+    plain.inference = "eager"
+    policy.inference = "fast"
     obs = {"obs": batch_of(dataset, 1, device)["obs"]["obs"]}
-
-    def predict(mode: str) -> Callable[[], object]:
-        def run() -> object:
-            policy.inference = mode
-            return policy.predict_action(obs)
-        return run
-
-    result = side_by_side({"eager": predict("eager"), "fast": predict("fast")}, 2, reps, sync)
+    result = side_by_side({"eager": lambda: plain.predict_action(obs), "fast": lambda: policy.predict_action(obs)},
+                          2, reps, sync)
     noise = torch.randn(1, HORIZON, ACTION_DIM, device=device)
     with torch.no_grad():
         cond = policy.condition(obs)
-        policy.inference = "eager"
-        eager = policy.sample_chunk(cond, None, noise)
-        policy.inference = "fast"
+        eager = plain.sample_chunk(cond, None, noise)
         fast = policy.sample_chunk(cond, None, noise)
     result["parameters"] = sum(p.numel() for p in policy.network.parameters())
     result["max_abs_action_diff_normalized"] = float((eager - fast).abs().max())
@@ -134,28 +151,35 @@ def chunk_case(down_dims: tuple[int, ...], obs_dim: int, device: torch.device, r
 
 
 def train_case(batch_size: int, device: torch.device, reps: int, sync) -> dict:
-    """One optimisation step: eager fp32 + foreach AdamW vs bf16 autocast + fused AdamW."""
+    """One optimisation step: plain fp32 + foreach AdamW vs the trainer's bf16 + FusedAdamW recipe."""
     dataset = synthetic_dataset(STATE_OBS_DIM)
     batch = batch_of(dataset, batch_size, device)
+    adamw = {"lr": 1e-4, "betas": (0.95, 0.999), "weight_decay": 1e-6}
 
-    def stepper(policy: nn.Module, bf16: bool, fused: bool) -> Callable[[], None]:
+    def stepper(policy: nn.Module, fused: bool, bf16: bool) -> Callable[[], None]:
         policy.train()
-        optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6,
-                                      fused=fused)
+        if fused:
+            optimizer = FusedAdamW(policy.parameters(), max_grad_norm=10.0, **adamw)
+        else:
+            optimizer = torch.optim.AdamW(policy.parameters(), foreach=True, **adamw)
 
         def step() -> None:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 loss = policy.compute_loss(batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            nn.utils.clip_grad_norm_(policy.parameters(), 10.0)
+            if not fused:
+                nn.utils.clip_grad_norm_(policy.parameters(), 10.0)
             optimizer.step()
         return step
 
-    eager = make_policy(dataset, (256, 512, 1024), device)
-    fast = copy.deepcopy(eager)
-    result = side_by_side({"eager": stepper(eager, False, False), "fast": stepper(fast, True, True)}, 1, reps, sync)
-    for path in ("eager", "fast"):
+    fast = make_policy(dataset, (256, 512, 1024), device)
+    fp32 = copy.deepcopy(fast)
+    eager = with_plain_convolutions(fast)
+    paths = {"eager": stepper(eager, False, False), "fp32": stepper(fp32, True, False),
+             "fast": stepper(fast, True, True)}
+    result = side_by_side(paths, 1, reps, sync)
+    for path in paths:
         result[path]["samples_per_s"] = batch_size / result[path]["p50_ms"] * 1e3
     return result
 
@@ -331,6 +355,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if device.type == "cpu":
+        keep_freed_memory()  # as the trainer does
     report = {"machine": machine_info(device), "results": run(args.quick, device, args.cases)}
     out = args.out or Path("benchmarks") / ("_".join([device.type, *args.cases]) + ".json")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,5 @@
-"""scripts/benchmark.py's weight-only case: the GEMM shapes it streams and the quantised weights it feeds."""
+"""scripts/benchmark.py: the plain-PyTorch baseline it builds, the GEMM shapes of the weight-only case and
+the quantised weights it feeds."""
 
 from __future__ import annotations
 
@@ -12,6 +13,19 @@ ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("benchmark_script", ROOT / "scripts" / "benchmark.py")
 benchmark = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(benchmark)
+
+
+def test_plain_baseline_has_only_pytorch_convolutions_and_the_same_outputs():
+    network = benchmark.make_policy(benchmark.synthetic_dataset(benchmark.STATE_OBS_DIM, n_episodes=2),
+                                    (32, 64, 128), torch.device("cpu")).network
+    plain = benchmark.with_plain_convolutions(network)
+    gemm_types = (benchmark.GemmConv1d, benchmark.GemmConvTranspose1d)
+    assert not any(isinstance(m, gemm_types) for m in plain.modules())
+    assert sum(type(m) is torch.nn.ConvTranspose1d for m in plain.modules()) == 2  # one per up level
+    assert sum(isinstance(m, gemm_types) for m in network.modules()) == sum(
+        type(m) in (torch.nn.Conv1d, torch.nn.ConvTranspose1d) for m in plain.modules())
+    x, cond = torch.randn(2, 16, 2), torch.randn(2, network.global_cond_dim)
+    torch.testing.assert_close(plain(x, 3, cond), network(x, 3, cond), rtol=1e-4, atol=1e-5)
 
 
 def test_conv_gemms_are_the_bf16_convolutions_of_the_paper_network():

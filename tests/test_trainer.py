@@ -177,3 +177,20 @@ def test_time_budget_never_exceeds_max_steps(tmp_path):
     trainer = make_trainer(tmp_path, max_steps=15, max_minutes=10.0, calibration_steps=5)
     trainer.fit()
     assert trainer.step == trainer.max_steps == 15
+
+
+def test_fused_optimizer_with_folded_clipping_matches_adamw_with_clip_grad_norm(tmp_path):
+    """The default (FusedAdamW, clipping inside the kernel) trains exactly as AdamW + clip_grad_norm_,
+    with a clip small enough to be active at every step."""
+    from diffusion_policy.core.fused_adamw import FusedAdamW
+
+    runs = {}
+    for fused in (True, False):
+        trainer = make_trainer(tmp_path / str(fused), max_steps=30, grad_clip_norm=0.05, fused_optimizer=fused)
+        assert isinstance(trainer.optimizer, FusedAdamW) == fused
+        trainer.fit()
+        runs[fused] = [p.detach() for p in trainer.model.parameters()]
+        if fused:
+            assert float(trainer.optimizer.last_grad_norm) > 0.05  # clipping was active
+    for a, b in zip(runs[True], runs[False]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from diffusion_policy.models.embeddings import SinusoidalPosEmb
-from diffusion_policy.models.gemm_conv import GemmConv1d
+from diffusion_policy.models.gemm_conv import GemmConv1d, GemmConvTranspose1d
 
 
 @dataclass
@@ -122,7 +122,7 @@ class ConditionalUnet1D(nn.Module):
         self.mid = nn.ModuleList([res(mid, mid), res(mid, mid)])
         self.up = nn.ModuleList()
         for cin, cout in reversed(pairs[1:]):
-            upsample = nn.ConvTranspose1d(cin, cin, 4, stride=2, padding=1)
+            upsample = GemmConvTranspose1d(cin, cin, 4, stride=2, padding=1)
             self.up.append(nn.ModuleList([res(2 * cout, cin), res(cin, cin), upsample]))
         first = config.down_dims[0]
         self.final = nn.Sequential(
