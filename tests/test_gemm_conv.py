@@ -28,17 +28,22 @@ def test_col2im_is_the_adjoint_of_im2col(k, s, p, T):
     assert torch.allclose((cols * c).sum(), (x * col2im(c, T, k, s, p)).sum())
 
 
-@pytest.mark.parametrize("k,s,p,T", GEOMETRIES)
-def test_gemm_function_matches_conv1d_with_exact_gradients(k, s, p, T):
+GEMM_CASES = [(_GemmConv1dFunction, F.conv1d, (4, 3), *g) for g in GEOMETRIES] + [
+    (_GemmConvTranspose1dFunction, F.conv_transpose1d, (3, 4), *g) for g in [(4, 2, 1, 8), (3, 1, 1, 5), (5, 3, 2, 7)]
+]  # function, reference, weight (A, B) of the (A, B, k) weight, k, s, p, T; 3 input and 4 output channels
+
+
+@pytest.mark.parametrize("function,reference,weight_dims,k,s,p,T", GEMM_CASES)
+def test_gemm_functions_match_torch_with_exact_gradients(function, reference, weight_dims, k, s, p, T):
     g = torch.Generator().manual_seed(1)
     x = torch.randn(2, 3, T, dtype=torch.double, generator=g, requires_grad=True)
-    w = torch.randn(4, 3, k, dtype=torch.double, generator=g, requires_grad=True)
+    w = torch.randn(*weight_dims, k, dtype=torch.double, generator=g, requires_grad=True)
     b = torch.randn(4, dtype=torch.double, generator=g, requires_grad=True)
 
     def gemm(x, w, b):
-        return _GemmConv1dFunction.apply(x, w.permute(0, 2, 1).reshape(4, -1), b, k, s, p)
+        return function.apply(x, w.permute(0, 2, 1).reshape(weight_dims[0], -1), b, k, s, p)
 
-    assert torch.allclose(gemm(x, w, b), F.conv1d(x, w, b, stride=s, padding=p))
+    assert torch.allclose(gemm(x, w, b), reference(x, w, b, stride=s, padding=p))
     assert torch.autograd.gradcheck(gemm, (x, w, b))
 
 
@@ -56,46 +61,30 @@ def test_autocast_runs_the_gemm_in_bf16_and_keeps_fp32_gradients():
     assert x.grad.dtype == torch.float32 and torch.isfinite(x.grad).all()
 
 
-def test_outside_autocast_it_matches_conv1d_in_the_input_dtype():
+@pytest.mark.parametrize("ours,plain,channels,kwargs", [
+    (GemmConv1d, torch.nn.Conv1d, (6, 5), {"kernel_size": 3, "stride": 2, "padding": 1}),
+    (GemmConvTranspose1d, torch.nn.ConvTranspose1d, (8, 6), {"kernel_size": 4, "stride": 2, "padding": 1}),
+])
+def test_layers_are_drop_ins_for_the_torch_layers(ours, plain, channels, kwargs):
+    """Same state dict; the input's dtype outside autocast (float32, float64), bf16 under it."""
     torch.manual_seed(0)
-    conv = GemmConv1d(6, 5, 3, stride=2, padding=1)
-    reference = torch.nn.Conv1d(6, 5, 3, stride=2, padding=1)
-    reference.load_state_dict(conv.state_dict())
-    x = torch.randn(2, 6, 16)
-    y = conv(x)
-    assert y.dtype == torch.float32
-    torch.testing.assert_close(y, reference(x), rtol=1e-5, atol=1e-5)
-    assert set(conv.state_dict()) == {"weight", "bias"}
-    assert conv.double()(x.double()).dtype == torch.float64
-
-
-@pytest.mark.parametrize("k,s,p,T", [(4, 2, 1, 8), (3, 1, 1, 5), (5, 3, 2, 7), (1, 1, 0, 4)])
-def test_transposed_gemm_function_matches_conv_transpose1d_with_exact_gradients(k, s, p, T):
-    g = torch.Generator().manual_seed(2)
-    x = torch.randn(2, 3, T, dtype=torch.double, generator=g, requires_grad=True)
-    w = torch.randn(3, 4, k, dtype=torch.double, generator=g, requires_grad=True)  # (C_in, C_out, k)
-    b = torch.randn(4, dtype=torch.double, generator=g, requires_grad=True)
-
-    def gemm(x, w, b):
-        return _GemmConvTranspose1dFunction.apply(x, w.permute(0, 2, 1).reshape(3, -1), b, k, s, p)
-
-    assert torch.allclose(gemm(x, w, b), F.conv_transpose1d(x, w, b, stride=s, padding=p))
-    assert torch.autograd.gradcheck(gemm, (x, w, b))
-
-
-def test_transposed_layer_is_a_drop_in_for_conv_transpose1d():
-    torch.manual_seed(0)
-    up = GemmConvTranspose1d(8, 6, 4, stride=2, padding=1)
-    reference = torch.nn.ConvTranspose1d(8, 6, 4, stride=2, padding=1)
-    reference.load_state_dict(up.state_dict())
-    x = torch.randn(3, 8, 5)
-    torch.testing.assert_close(up(x), reference(x), rtol=1e-5, atol=1e-5)
+    layer, reference = ours(*channels, **kwargs), plain(*channels, **kwargs)
+    reference.load_state_dict(layer.state_dict())
+    assert set(layer.state_dict()) == {"weight", "bias"}
+    x = torch.randn(3, channels[0], 8)
+    expected = reference(x)
+    torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = up(x)
-    assert y.dtype == torch.bfloat16 and y.shape == (3, 6, 10)
-    assert (y.float() - reference(x)).abs().max() <= 2e-2 * reference(x).abs().max()
+        y = layer(x)
+    assert y.dtype == torch.bfloat16 and y.shape == expected.shape
+    assert (y.float() - expected).abs().max() <= 2e-2 * expected.abs().max()
+    assert layer.double()(x.double()).dtype == torch.float64
+
+
+def test_transposed_layer_names_what_it_does_not_support():
+    up = GemmConvTranspose1d(8, 6, 4, stride=2, padding=1)
     with pytest.raises(ValueError, match="output_size"):
-        up(x, output_size=[10])
+        up(torch.randn(1, 8, 5), output_size=[10])
     with pytest.raises(ValueError, match="output_padding"):
         GemmConvTranspose1d(4, 4, 3, stride=2, output_padding=1)
 
