@@ -30,11 +30,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--episodes", type=int, default=25)
     parser.add_argument("--seed", type=int, default=100_000)
     parser.add_argument("--transitions", nargs="+", default=["replace", "rtc_inpaint", "rtc_soft", "ensemble"],
-                        choices=run_robot.TRANSITIONS)
+                        help=f"any of {run_robot.TRANSITIONS}; rtc_soft:N guides only N planned actions after "
+                        "the held ones (run_robot.py --soft-steps N)")
     parser.add_argument("--time-scale", type=float, default=1.0)
     parser.add_argument("--inference", default="auto")
     parser.add_argument("--out", type=Path, default=Path("runs/transitions"))
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for mode in args.transitions:
+        name, _, steps = mode.partition(":")
+        if name not in run_robot.TRANSITIONS or (steps and (name != "rtc_soft" or not steps.isdigit())):
+            parser.error(f"transition {mode!r} is not one of {run_robot.TRANSITIONS} (or rtc_soft:N)")
+    return args
 
 
 def offline(args: argparse.Namespace) -> dict:
@@ -66,11 +72,12 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     rows = {"offline (evaluate_policy)": offline(args)}
     print(rows)
-    for transition in args.transitions:
-        rows[transition] = run_robot.main(
+    for mode in args.transitions:
+        transition, _, steps = mode.partition(":")
+        rows[mode] = run_robot.main(
             ["--policy", str(args.policy), "--episodes", str(args.episodes), "--seed", str(args.seed),
              "--transition", transition, "--time-scale", str(args.time_scale), "--inference", args.inference,
-             "--out", str(args.out / transition), "--plot"])
+             "--out", str(args.out / mode.replace(":", "_")), "--plot", *(["--soft-steps", steps] if steps else [])])
         save_json(rows, args.out / "transitions.json")
     (args.out / "transitions.md").write_text(table(rows))
     print(table(rows))

@@ -50,6 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=100_000, help="episode i is reset with seed + i")
     parser.add_argument("--max-steps", type=int, default=300, help="control ticks per episode (Push-T: 300)")
     parser.add_argument("--transition", choices=TRANSITIONS, default="rtc_inpaint", help="chunk transition")
+    parser.add_argument("--soft-steps", type=int, help="rtc_soft: guide only this many planned actions after the "
+                        "held ones (default: the whole rest of the plan)")
     parser.add_argument("--threshold", type=int, help="request a chunk when this many actions remain "
                         "(default: after n_action_steps actions, as offline evaluation re-plans)")
     parser.add_argument("--time-scale", type=float, default=1.0, help="simulated seconds per wall second")
@@ -62,6 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.episodes < 1:
         parser.error(f"--episodes {args.episodes} must be >= 1")
+    if args.soft_steps is not None and (args.soft_steps < 1 or args.transition != "rtc_soft"):
+        parser.error(f"--soft-steps {args.soft_steps} needs --transition rtc_soft and a value >= 1")
     if args.server and args.spawn_server:
         parser.error("--server and --spawn-server exclude each other")
     return args
@@ -102,7 +106,8 @@ def _free_port() -> int:
 def run_episode(predictor: ChunkPredictor, args: argparse.Namespace, seed: int) -> tuple[RunLog, dict]:
     robot = MujocoSimRobot(args.env, seed=seed, time_scale=args.time_scale)
     config = ControllerConfig(rate_hz=TASK_HZ * args.time_scale, transition=args.transition,
-                              request_threshold=args.threshold, max_ticks=args.max_steps, seed=seed,
+                              rtc_soft_steps=args.soft_steps, request_threshold=args.threshold,
+                              max_ticks=args.max_steps, seed=seed,
                               record_obs_key="agent_pos", safety=SafetyConfig(max_delta=args.max_delta))
     log = ControllerLoop(robot, predictor, config).run(stop_when=lambda: robot.success)
     return log, robot.outcome()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from diffusion_policy.deploy.run_log import boundary_measurements
+from diffusion_policy.deploy.plot import plot_commands
+from diffusion_policy.deploy.run_log import RunLog, boundary_measurements
 from diffusion_policy.deploy.safety import SafetyConfig, SafetyFilter
 from diffusion_policy.deploy.sim_robot import MujocoSimRobot
 from diffusion_policy.deploy.transitions import ActionSchedule, rtc_prefix, soft_mask_weights
@@ -67,6 +68,20 @@ def test_rtc_prefix_holds_executed_and_committed_actions():
     assert rtc_prefix([None], ActionSchedule("rtc_inpaint"), tick=0, delay=3, horizon=16, soft=True) is None
 
 
+def test_rtc_soft_region_can_be_shortened():
+    schedule = ActionSchedule("rtc_soft")
+    schedule.merge(chunk(0, 12), first_tick=0, now_tick=0, chunk_id=0)
+    executed = [np.array([-1.0])]
+    whole, w_whole = rtc_prefix(executed, schedule, tick=5, delay=2, horizon=16, soft=True)
+    assert whole[:, 0].tolist() == [-1.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0]  # to the end of the plan
+    short, w_short = rtc_prefix(executed, schedule, tick=5, delay=2, horizon=16, soft=True, soft_steps=2)
+    assert short[:, 0].tolist() == [-1.0, 5.0, 6.0, 7.0, 8.0]
+    np.testing.assert_allclose(w_short, [1, 1, 1, *soft_mask_weights(2)])
+    assert w_short[3] < w_whole[3]  # the short ramp lets go sooner
+    capped, _ = rtc_prefix(executed, schedule, tick=5, delay=2, horizon=6, soft=True, soft_steps=10)
+    assert len(capped) == 6
+
+
 def test_safety_filter_guards_every_command():
     safety = SafetyFilter.for_robot(SafetyConfig(max_delta=[1.0, 10.0]), np.zeros(2), np.full(2, 5.0), 2)
     assert safety.filter(None, 0.0, 0) is None  # nothing safe to hold yet
@@ -85,6 +100,15 @@ def test_boundary_discontinuity_measures_jumps_between_chunks():
     stats = boundary_measurements(commands, np.array([0, 0, 0, 1, 1, 1]))
     assert stats["jump"].tolist() == [3.0] and stats["inside"].tolist() == [1.0] * 4
     assert stats["jerk"].tolist() == [pytest.approx(abs(6 - 3 * 5 + 3 * 2 - 1))]
+
+
+@pytest.mark.parametrize("n_ticks", [0, 3])
+def test_plot_of_a_run_that_sent_nothing_is_still_written(tmp_path, n_ticks):
+    """A loaded machine can hold every tick of a short run (the first chunk arrives stale)."""
+    log = RunLog(rate_hz=40.0, transition="rtc_soft", threshold=0)
+    for tick in range(n_ticks):
+        log.record_tick(tick, 0.1 * tick, 0.1 * tick, 0.1 * tick, 0.1 * tick, None, 0, 0, None)
+    assert plot_commands(log, tmp_path / "commands.png").stat().st_size > 0
 
 
 class FakeClock:

@@ -40,7 +40,7 @@ def test_run_robot_drives_the_sim_and_writes_its_logs(pusht_policy, tmp_path, wh
     out = tmp_path / "out"
     args = ["--policy", str(pusht_policy), "--episodes", "2", "--max-steps", "12", "--time-scale", "4",
             "--transition", "rtc_soft", "--out", str(out), "--plot"]
-    summary = run_robot.main(args + (["--spawn-server"] if where != "local" else []))
+    summary = run_robot.main(args + (["--spawn-server"] if where != "local" else ["--soft-steps", "2"]))
     loop = summary["loop"]
     assert loop["ticks"] >= 2 * 9 and loop["deadline_misses"] == 0
     assert loop["inferences"] >= 4 and np.isfinite(loop["inference_latency_ms"]["p50"])
@@ -53,3 +53,5 @@ def test_run_robot_drives_the_sim_and_writes_its_logs(pusht_policy, tmp_path, wh
 def test_bad_arguments_are_named(pusht_policy):
     with pytest.raises(SystemExit):
         run_robot.parse_args(["--policy", str(pusht_policy), "--server", "tcp://x:1", "--spawn-server"])
+    with pytest.raises(SystemExit):
+        run_robot.parse_args(["--policy", str(pusht_policy), "--transition", "replace", "--soft-steps", "2"])

@@ -43,7 +43,9 @@ class ControllerConfig:
     seed: chunk `i` samples its noise with `seed + i` (None: fresh noise). record_obs_key: an
     observation key logged every tick (e.g. the executed position, to plot against commands).
     rtc_margin: real-time chunking holds the actions of `ceil(recent max latency / period) +
-    rtc_margin` ticks, so a chunk that arrives late still starts on a committed action."""
+    rtc_margin` ticks, so a chunk that arrives late still starts on a committed action.
+    rtc_soft_steps: how many planned actions after the held ones `rtc_soft` guides with decaying
+    weights (None: the whole rest of the plan)."""
 
     rate_hz: float = 10.0
     transition: str = "replace"
@@ -53,6 +55,7 @@ class ControllerConfig:
     seed: int | None = 0
     record_obs_key: str | None = None
     rtc_margin: int = 1
+    rtc_soft_steps: int | None = None
     safety: SafetyConfig = field(default_factory=SafetyConfig)
 
     def __post_init__(self) -> None:
@@ -63,6 +66,8 @@ class ControllerConfig:
             raise ValueError(f"request_threshold={self.request_threshold} must be >= 0")
         if self.rtc_margin < 0:
             raise ValueError(f"rtc_margin={self.rtc_margin} must be >= 0")
+        if self.rtc_soft_steps is not None and self.rtc_soft_steps < 1:
+            raise ValueError(f"rtc_soft_steps={self.rtc_soft_steps} must be >= 1 (or None: the whole plan)")
         if self.max_ticks is not None and self.max_ticks < 1:
             raise ValueError(f"max_ticks={self.max_ticks} must be >= 1")
 
@@ -181,7 +186,7 @@ class ControllerLoop:
         prefix = weights = None
         if self.config.transition.startswith("rtc"):
             held = rtc_prefix(list(self.sent), self.schedule, tick, delay, spec.horizon,
-                              soft=self.config.transition == "rtc_soft")
+                              soft=self.config.transition == "rtc_soft", soft_steps=self.config.rtc_soft_steps)
             if held is not None:
                 prefix, weights = held
         seed = None if self.config.seed is None else self.config.seed + self._next_chunk

@@ -17,7 +17,10 @@ def plot_commands(log: RunLog, path: str | Path, observed_label: str = "executed
     """One panel per action dimension: commands per tick (steps), the recorded observation key
     (`ControllerConfig.record_obs_key`) when logged, chunk boundaries (grey) and interventions (red)."""
     commands = log.commands()
-    t = np.array([tick["sent"] for tick in log.ticks]) - log.ticks[0]["due"]
+    if commands.size == 0:  # every tick held (or none ran): one empty panel, still written
+        commands = np.full((log.n_ticks, 1), np.nan)
+    t_first = log.ticks[0]["due"] if log.ticks else 0.0
+    t = np.array([tick["sent"] for tick in log.ticks]) - t_first
     chunks = np.array([tick["chunk"] for tick in log.ticks])
     observed = [tick["observed"] for tick in log.ticks]
     n_dims = commands.shape[1]
@@ -28,7 +31,6 @@ def plot_commands(log: RunLog, path: str | Path, observed_label: str = "executed
             ax.plot(t, np.array(observed)[:, d], label=observed_label, lw=1.0)
         for k in np.flatnonzero(chunks[1:] != chunks[:-1]) + 1:
             ax.axvline(t[k], color="0.8", lw=0.6, zorder=0)
-        t_first = log.ticks[0]["due"]
         for event in log.interventions:
             ax.axvline(event.time - t_first, color="tab:red", lw=0.8, alpha=0.6)
         ax.set_ylabel(f"action[{d}]")

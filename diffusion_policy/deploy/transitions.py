@@ -95,18 +95,21 @@ def rtc_prefix(
     delay: int,
     horizon: int,
     soft: bool,
+    soft_steps: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """Prefix `(P, Da)` and weights `(P,)` for a chunk planned from the observation of `tick`.
 
     `executed`: the `To - 1` actions sent at ticks `tick - To + 1 .. tick - 1` (None where none was),
     held at chunk indices `0 .. To - 2`. The planned actions of ticks `tick .. tick + delay - 1` are
-    held with weight 1; with `soft`, the rest of the plan follows with decaying weights. Actions
-    missing from the plan get weight 0. None when nothing is held.
+    held with weight 1; with `soft`, the rest of the plan follows with decaying weights (at most
+    `soft_steps` actions of it; None: all of it). Actions missing from the plan get weight 0. None
+    when nothing is held.
     """
     rows: list[np.ndarray | None] = list(executed)
     hard = len(rows) + delay
+    end = min(horizon, hard + (horizon if soft_steps is None else soft_steps) if soft else hard)
     t = tick
-    while len(rows) < horizon and (len(rows) < hard or (soft and schedule.planned(t) is not None)):
+    while len(rows) < end and (len(rows) < hard or schedule.planned(t) is not None):
         entry = schedule.planned(t)
         rows.append(None if entry is None else entry[0])
         t += 1
