@@ -55,6 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("runs/metaworld"), help="output directory")
     parser.add_argument("--skip-done", action="store_true",
                         help="keep training seeds that already have a result under --out")
+    parser.add_argument("--report-only", action="store_true",
+                        help="train nothing: rebuild the table from what is under --out (e.g. an interrupted run)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help=f"hydra overrides of configs/train.yaml, after {' '.join(DEFAULT_OVERRIDES)}")
     args = parser.parse_args(argv)
@@ -76,6 +78,9 @@ def main(argv: list[str] | None = None) -> list[TaskResult]:
     args = parse_args(argv)
     cfg = compose_config(args.set)
     options = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    if args.report_only:
+        write_report(args.out)
+        return load_results(args.out)
     for task in args.tasks:
         print(f"== {task}")
         (args.out / task).mkdir(parents=True, exist_ok=True)
@@ -85,13 +90,18 @@ def main(argv: list[str] | None = None) -> list[TaskResult]:
             n_demos=args.demos, train_seeds=tuple(range(args.seeds)), n_episodes=args.episodes,
             n_envs=args.envs, n_videos=args.videos, vector=args.vector, skip_done=args.skip_done,
         )
-        results = load_results(args.out)
-        table = format_markdown(results)
-        (args.out / "results.md").write_text(table)
-        (args.out / "results.json").write_text(json.dumps([r.to_dict() for r in results], indent=2))
-        plot_results(results, args.out / "results.png")
-        print(table)
+        write_report(args.out)
     return load_results(args.out)
+
+
+def write_report(out: Path) -> None:
+    """results.md / .json / .png from every task and finished seed under `out`; prints the table."""
+    results = load_results(out)
+    table = format_markdown(results)
+    (out / "results.md").write_text(table)
+    (out / "results.json").write_text(json.dumps([r.to_dict() for r in results], indent=2))
+    plot_results(results, out / "results.png")
+    print(table)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -190,6 +191,10 @@ def test_markdown_table_reports_mean_std_published_numbers_and_budget() -> None:
     assert "| drawer-open | 100 | 100.0 ± 0.0 | 93 | 100 | yes |" in table
     assert "| **mean** | | **65.0** | | 62.0 |" in table
     assert "| push | 100 | 50.0 | 30 | 51 | no | 1 × 50 |" in bench.format_markdown([result("push-v3", [0.5])])
+    paused = result("push-v3", [0.5, 0.5, 0.5])
+    for seed, minutes in zip(paused.seeds, (2.0, 30.0, 3.0)):
+        seed.train_minutes = minutes  # one seed's wall clock ran on while it was paused: the median ignores it
+    assert "| 500 steps, 3.0 min, cpu |" in bench.format_markdown([paused])
 
 
 def test_benchmark_script_end_to_end_on_a_tiny_budget(tmp_path: Path) -> None:
@@ -220,3 +225,10 @@ def test_benchmark_script_end_to_end_on_a_tiny_budget(tmp_path: Path) -> None:
         "--set", "training.max_steps=4", "training.progress=false", "training.log_every=2",
     ])
     assert again.seeds[:2] == result.seeds and [s.seed for s in again.seeds] == [0, 1, 2]
+    # A seed that finished in a run interrupted before its task did is in the rebuilt table.
+    extra = bench.SeedResult(seed=3, success_rate=1.0, train_steps=4, train_minutes=0.1, eval_minutes=0.1)
+    (out / "reach-v3" / "seed_3").mkdir()
+    (out / "reach-v3" / "seed_3" / bench.SEED_RESULT_FILE).write_text(json.dumps(dataclasses.asdict(extra)))
+    (report,) = benchmark_metaworld.main(["--report-only", "--out", str(out)])
+    assert [s.seed for s in report.seeds] == [0, 1, 2, 3] and report.seeds[3] == extra
+    assert "| 4 × 2 |" in (out / "results.md").read_text()

@@ -200,15 +200,27 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def load_results(out_dir: str | Path) -> list[TaskResult]:
-    """Every finished task's result under `out_dir`: the DP3 paper's tasks in its order, then the rest by name."""
-    results = [TaskResult.from_dict(json.loads(path.read_text())) for path in Path(out_dir).glob(f"*/{RESULT_FILE}")]
+    """Every task's result under `out_dir`: the DP3 paper's tasks in its order, then the rest by name.
+
+    A task counts once its expert was measured (`result.json`); its seeds are every finished one on
+    disk (`seed_<s>/seed_result.json`), so an interrupted run's finished seeds are in the table.
+    """
+    results = []
+    for path in Path(out_dir).glob(f"*/{RESULT_FILE}"):
+        result = TaskResult.from_dict(json.loads(path.read_text()))
+        seeds = {s.seed: s for s in result.seeds}
+        for seed_file in path.parent.glob(f"seed_*/{SEED_RESULT_FILE}"):
+            seed = SeedResult(**json.loads(seed_file.read_text()))
+            seeds.setdefault(seed.seed, seed)
+        result.seeds = [seeds[k] for k in sorted(seeds)]
+        results.append(result)
     order = {task: i for i, task in enumerate(DEFAULT_TASKS)}
     return sorted(results, key=lambda r: (order.get(r.task, len(order)), r.task))
 
 
 def format_markdown(results: list[TaskResult]) -> str:
     """The benchmark table: task, expert, ours (mean ± std over seeds; no std for one seed), published,
-    and the budget."""
+    and the budget (training steps and the median wall-clock minutes of a seed)."""
     lines = [
         "| task | expert | ours (mean ± std) | DP (image) | DP3 | ≥ DP3 | seeds × episodes | budget per seed |",
         "|---|---|---|---|---|---|---|---|",
@@ -218,7 +230,7 @@ def format_markdown(results: list[TaskResult]) -> str:
         dp, dp3 = (f"{published[0]:.0f}", f"{published[1]:.0f}") if published else ("–", "–")
         meets = ("yes" if 100 * r.mean >= published[1] else "no") if published else "–"
         steps = r.seeds[0].train_steps if r.seeds else 0
-        minutes = statistics.fmean(s.train_minutes for s in r.seeds) if r.seeds else 0.0
+        minutes = statistics.median(s.train_minutes for s in r.seeds) if r.seeds else 0.0
         lines.append(
             f"| {r.task.removesuffix('-v3')} | {100 * r.expert_success_rate:.0f} | "
             f"{100 * r.mean:.1f}{f' ± {100 * r.std:.1f}' if len(r.seeds) > 1 else ''} | {dp} | {dp3} | {meets} | "
