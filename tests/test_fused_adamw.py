@@ -104,3 +104,21 @@ def test_layout_order_of_a_tap_major_weight():
 def test_allocator_setting_applies_on_glibc_linux():
     applied = keep_freed_memory()
     assert applied == sys.platform.startswith("linux")  # our CI and machines run glibc
+
+
+def test_parameters_of_several_dtypes_share_a_group():
+    def params() -> list[nn.Parameter]:
+        g = torch.Generator().manual_seed(3)
+        return [nn.Parameter(torch.randn(4, 3, generator=g)), nn.Parameter(torch.randn(5, generator=g).double())]
+
+    ours, reference = params(), params()
+    for optimizer, ps in ((FusedAdamW(ours, max_grad_norm=0.5, **HYPER), ours),
+                          (torch.optim.AdamW(reference, foreach=False, **HYPER), reference)):
+        for p in ps:
+            p.grad = torch.ones_like(p)
+        if not isinstance(optimizer, FusedAdamW):
+            nn.utils.clip_grad_norm_(ps, 0.5)
+        optimizer.step()
+    for a, b in zip(ours, reference):
+        assert a.dtype == b.dtype
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

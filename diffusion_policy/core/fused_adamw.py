@@ -94,7 +94,8 @@ class FusedAdamW(torch.optim.AdamW):
             self.last_grad_norm = nn.utils.get_total_norm(grads)
             grad_scale = torch.clamp((self.last_grad_norm + CLIP_EPS) / self.max_grad_norm, min=1.0)
         for group in self.param_groups:
-            lists: tuple[list[Tensor], ...] = ([], [], [], [], [])
+            # One kernel call per (device, dtype), as torch's AdamW groups them.
+            buckets: dict[tuple[torch.device, torch.dtype], tuple[list[Tensor], ...]] = {}
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -103,18 +104,17 @@ class FusedAdamW(torch.optim.AdamW):
                 state = self._state_of(p)
                 order = layout_order(p)
                 grad = p.grad if p.grad.stride() == p.stride() else torch.empty_like(p).copy_(p.grad)
+                lists = buckets.setdefault((p.device, p.dtype), ([], [], [], [], []))
                 for bucket, tensor in zip(lists, (p, grad, state["exp_avg"], state["exp_avg_sq"])):
                     bucket.append(dense_view(tensor, order))
                 lists[4].append(state["step"])
-            params, grads_, exp_avgs, exp_avg_sqs, steps = lists
-            if not params:
-                continue
-            torch._foreach_add_(steps, 1)
             beta1, beta2 = group["betas"]
-            torch._fused_adamw_(
-                params, grads_, exp_avgs, exp_avg_sqs, [], steps,
-                lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"], eps=group["eps"],
-                amsgrad=False, maximize=False,
-                grad_scale=None if grad_scale is None else grad_scale.to(params[0].device), found_inf=None,
-            )
+            for (device, _), (params, grads_, exp_avgs, exp_avg_sqs, steps) in buckets.items():
+                torch._foreach_add_(steps, 1)
+                torch._fused_adamw_(
+                    params, grads_, exp_avgs, exp_avg_sqs, [], steps,
+                    lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"], eps=group["eps"],
+                    amsgrad=False, maximize=False,
+                    grad_scale=None if grad_scale is None else grad_scale.to(device, torch.float32), found_inf=None,
+                )
         return loss
