@@ -27,7 +27,7 @@ def plot_commands(log: RunLog, path: str | Path, observed_label: str = "executed
     fig, axes = plt.subplots(n_dims, 1, figsize=(9, 2.6 * n_dims), sharex=True, squeeze=False)
     for d, ax in enumerate(axes[:, 0]):
         ax.step(t, commands[:, d], where="post", label="commanded", lw=1.2)
-        if all(o is not None and len(o) == n_dims for o in observed):
+        if observed and all(o is not None and len(o) == n_dims for o in observed):
             ax.plot(t, np.array(observed)[:, d], label=observed_label, lw=1.0)
         for k in np.flatnonzero(chunks[1:] != chunks[:-1]) + 1:
             ax.axvline(t[k], color="0.8", lw=0.6, zorder=0)
