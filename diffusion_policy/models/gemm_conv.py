@@ -4,7 +4,8 @@
 On CPU, PyTorch's 1-D convolutions are slow: bf16 ones are no faster than fp32 (~100-200 GFLOP/s
 here) and their backward dominates the U-Net's training step. Unfolding the input into columns turns
 each convolution into one GEMM, which oneDNN runs on the AMX units in bf16 (~350-500 GFLOP/s
-measured here for the U-Net's shapes) and faster than the direct convolution in fp32 too.
+measured here for the U-Net's shapes); on the paper-size U-Net it beats the direct convolution in
+fp32 too (`docs/performance.md`).
 
 Columns are laid out tap-major, ``(B * To, k * C)``, so that the backward scatter (col2im) adds
 contiguous channel rows. The weights are *stored* tap-major as well: the parameter keeps its usual
@@ -122,7 +123,8 @@ class _TapMajorWeight:
         weight = self.weight.permute(0, 2, 1)
         return weight.to(dtype or weight.dtype, memory_format=torch.contiguous_format).reshape(weight.shape[0], -1)
 
-    def _gemm_dtype(self, x: Tensor) -> tuple[str, torch.dtype, Tensor | None]:
+    def _gemm_setup(self, x: Tensor) -> tuple[str, torch.dtype, Tensor | None]:
+        """The device type, the GEMM's dtype (autocast's, else the input's) and the bias cast to it."""
         device = x.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
         bias = None if self.bias is None else self.bias.to(dtype)
@@ -149,7 +151,7 @@ class GemmConv1d(_TapMajorWeight, nn.Conv1d):
 
     def forward(self, x: Tensor) -> Tensor:
         """``x (B, C_in, T) -> (B, C_out, To)``."""
-        device, dtype, bias = self._gemm_dtype(x)
+        device, dtype, bias = self._gemm_setup(x)
         k, s, p = self.kernel_size[0], self.stride[0], self.padding[0]
         with torch.autocast(device, enabled=False):
             return _GemmConv1dFunction.apply(x.to(dtype), self.gemm_weight(dtype), bias, k, s, p)
@@ -175,7 +177,7 @@ class GemmConvTranspose1d(_TapMajorWeight, nn.ConvTranspose1d):
         """``x (B, C_in, T) -> (B, C_out, (T - 1) * s - 2p + k)``."""
         if output_size is not None:
             raise ValueError(f"GemmConvTranspose1d does not take output_size, got {output_size}")
-        device, dtype, bias = self._gemm_dtype(x)
+        device, dtype, bias = self._gemm_setup(x)
         k, s, p = self.kernel_size[0], self.stride[0], self.padding[0]
         with torch.autocast(device, enabled=False):
             return _GemmConvTranspose1dFunction.apply(x.to(dtype), self.gemm_weight(dtype), bias, k, s, p)
