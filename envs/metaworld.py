@@ -8,7 +8,10 @@ datasets and the evaluator use it like any other environment:
   reset, drawn from the reset seed (Meta-World's own goal-observable classes freeze the placement
   after construction; this adapter unfreezes it and seeds it);
 - observation `{"state": (39,) float32}`: hand xyz, gripper opening, two objects' position and
-  quaternion, the same 18 numbers one step earlier, and the goal xyz;
+  quaternion, the same 18 numbers one step earlier, and the goal xyz; the current step's parts are
+  also given as their own keys (`STATE_PARTS`: `hand` (3,), `gripper` (1,), `objects` (14,),
+  `goal` (3,)), so a policy can condition on a subset (`task.dataset.obs_keys=[hand,gripper,goal]`)
+  with the previous step coming from its own observation history;
 - action `(4,)` in `[-1, 1]`: hand displacement xyz and gripper effort (clipped, NaN/inf refused);
 - reward: Meta-World's (v2 reward function, 0-10); `info["success"]` is Meta-World's success at
   that step, alongside its other info numbers;
@@ -39,6 +42,10 @@ ENV_ID_PREFIX = "diffusion_policy/MetaWorld-"
 TASK_VERSION = "-v3"
 STATE_KEY = "state"
 STATE_DIM = 39
+# The current step's parts of the state, as extra observation keys: name -> slice of `state`.
+STATE_PARTS: dict[str, slice] = {
+    "hand": slice(0, 3), "gripper": slice(3, 4), "objects": slice(4, 18), "goal": slice(36, 39),
+}
 ACTION_DIM = 4
 DEFAULT_MAX_STEPS = 200
 CAMERA = "corner2"
@@ -127,7 +134,7 @@ class MetaWorldEnv(gym.Env):
         pinned = low == high
         low[pinned] = np.nextafter(low[pinned], np.float32(-np.inf))
         high[pinned] = np.nextafter(high[pinned], np.float32(np.inf))
-        self.observation_space = spaces.Dict({STATE_KEY: spaces.Box(low, high, dtype=np.float32)})
+        self.observation_space = spaces.Dict(self._observation_space(low, high))
         self.action_space = spaces.Box(-1.0, 1.0, shape=(ACTION_DIM,), dtype=np.float32)
         self._renderer: Any = None
         self._has_reset = False
@@ -178,4 +185,12 @@ class MetaWorldEnv(gym.Env):
 
     @staticmethod
     def _observation(state: np.ndarray) -> dict[str, np.ndarray]:
-        return {STATE_KEY: np.asarray(state, dtype=np.float32)}
+        """state `(39,)` -> `{"state": (39,), "hand": (3,), "gripper": (1,), "objects": (14,), "goal": (3,)}`."""
+        state = np.asarray(state, dtype=np.float32)
+        return {STATE_KEY: state, **{name: state[part].copy() for name, part in STATE_PARTS.items()}}
+
+    @staticmethod
+    def _observation_space(low: np.ndarray, high: np.ndarray) -> dict[str, spaces.Box]:
+        """The observation's boxes, cut from the state's bounds `low`, `high` `(39,)`."""
+        return {STATE_KEY: spaces.Box(low, high, dtype=np.float32),
+                **{name: spaces.Box(low[part], high[part], dtype=np.float32) for name, part in STATE_PARTS.items()}}

@@ -24,6 +24,7 @@ from envs.metaworld import (  # noqa: E402
     METAWORLD_TASKS,
     STATE_DIM,
     STATE_KEY,
+    STATE_PARTS,
     MetaWorldEnv,
     canonical_task,
     metaworld_env_id,
@@ -78,6 +79,24 @@ def test_reset_places_objects_and_goal_afresh_from_the_seed() -> None:
     env.close()
 
 
+def test_state_parts_are_the_current_step_slices_of_the_state() -> None:
+    env = gym.make(metaworld_env_id("push"))
+    obs, _ = env.reset(seed=5)
+    obs, *_ = env.step(np.array([0.5, -0.3, 0.2, 1.0]))
+    state = obs[STATE_KEY]
+    assert sorted(obs) == sorted([STATE_KEY, "hand", "gripper", "objects", "goal"])
+    assert {name: obs[name].shape for name in STATE_PARTS} == {"hand": (3,), "gripper": (1,), "objects": (14,),
+                                                              "goal": (3,)}
+    np.testing.assert_array_equal(obs["hand"], state[:3])
+    np.testing.assert_array_equal(obs["gripper"], state[3:4])
+    np.testing.assert_array_equal(obs["objects"], state[4:18])
+    np.testing.assert_array_equal(obs["goal"], state[36:])
+    np.testing.assert_array_equal(obs["goal"], env.unwrapped.inner._target_pos.astype(np.float32))
+    assert not np.array_equal(obs["hand"], state[18:21])  # the previous step's hand is not the current one
+    assert env.observation_space.contains(obs)
+    env.close()
+
+
 def test_without_the_extra_building_an_env_or_expert_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "metaworld", None)  # what `import metaworld` sees when it is not installed
     for build in (lambda: MetaWorldEnv("reach"), lambda: make_expert(REACH)):
@@ -125,7 +144,7 @@ def test_generate_demos_records_replayable_expert_episodes(tmp_path: Path) -> No
     summary = generate_demos.main(["--env", REACH, "--episodes", "3", "--out", str(path), "--seed", "5"])
     assert (summary.episodes_saved, summary.success_rate) == (3, 1.0)
     buffer = ReplayBuffer.open(path)
-    assert buffer.keys() == ["action", STATE_KEY]
+    assert buffer.keys() == sorted(["action", STATE_KEY, *STATE_PARTS])
     env = gym.make(REACH)
     for i in range(3):
         episode = buffer.get_episode(i)

@@ -119,11 +119,25 @@ def test_bad_observations_name_the_problem(policy, obs, error, match):
         ({"n_action_steps": 8}, "exceeds self.horizon=8"),
         ({"noise_scheduler": {"prediction_type": "score"}}, "score"),
         ({"obs_shapes": {}}, "obs_shapes"),
+        ({"obs_noise": -0.1}, "obs_noise=-0.1"),
+        ({"obs_noise": float("nan")}, "obs_noise=nan"),
     ],
 )
 def test_bad_config_names_value(overrides, match):
     with pytest.raises(ValueError, match=match):
         small_config(**overrides)
+
+
+def test_obs_noise_only_in_training_mode():
+    torch.manual_seed(0)
+    noisy = DiffusionPolicy(small_config(obs_noise=0.5), normalizer())
+    clean = DiffusionPolicy(small_config(), normalizer())
+    obs = observation(batch=4096)
+    expected = clean.condition(obs)
+    torch.testing.assert_close(noisy.eval().condition(obs), expected, rtol=0, atol=0)
+    deviation = noisy.train().condition(obs) - expected
+    assert abs(deviation.std().item() - 0.5) < 0.01 and abs(deviation.mean().item()) < 0.01
+    torch.testing.assert_close(clean.train().condition(obs), expected, rtol=0, atol=0)
 
 
 def test_normalizer_missing_key_rejected():

@@ -28,7 +28,7 @@ from diffusion_policy.eval.rollout import EvalConfig, evaluate_policy
 from diffusion_policy.policy import load_policy
 from diffusion_policy.train_policy import train_policy
 from envs.experts import make_expert
-from envs.metaworld import STATE_KEY, canonical_task, metaworld_env_id
+from envs.metaworld import canonical_task, metaworld_env_id
 
 # task -> (image Diffusion Policy, DP3) success %, DP3 paper (RSS 2024), 10 demos.
 PUBLISHED: dict[str, tuple[float, float]] = {
@@ -134,7 +134,7 @@ def task_config(task: str, dataset_path: str | Path, base: dict[str, Any]) -> di
     """`base` (a task config, e.g. configs/task/metaworld.yaml) pointed at `task` and its demos."""
     name = canonical_task(task)
     config = {**base, "name": f"metaworld_{name}", "env_id": metaworld_env_id(name)}
-    config["dataset"] = {**base["dataset"], "path": str(dataset_path), "obs_keys": [STATE_KEY]}
+    config["dataset"] = {**base["dataset"], "path": str(dataset_path)}
     return config
 
 

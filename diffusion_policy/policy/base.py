@@ -77,10 +77,18 @@ class BasePolicy(nn.Module):
     def condition(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Raw obs `{key: (B, To, *shape)}` (images uint8 `(B, To, H, W, C)`) -> global condition `(B, Dc)`.
 
-        Low-dim keys go through the normaliser; images are scaled to float in [0, 1].
+        Low-dim keys go through the normaliser (plus `config.obs_noise` Gaussian noise in training
+        mode); images are scaled to float in [0, 1].
         """
         return self.obs_encoder({k: obs[k].float() / 255.0 if k in self._image_keys
-                                 else self.normalizer.normalize(k, obs[k]) for k in self.config.obs_shapes})
+                                 else self._noised(self.normalizer.normalize(k, obs[k]))
+                                 for k in self.config.obs_shapes})
+
+    def _noised(self, x: torch.Tensor) -> torch.Tensor:
+        """x plus N(0, obs_noise^2) noise in training mode; x itself otherwise."""
+        if self.training and self.config.obs_noise > 0:
+            return x + self.config.obs_noise * torch.randn_like(x)
+        return x
 
     @torch.no_grad()
     def predict_action(

@@ -21,6 +21,9 @@ class PolicyConfig:
     `diffusion_policy.data.images`), encoded as `vision` says; the others are low-dimensional.
     A predicted chunk is `(B, horizon, action_dim)`; the executed slice is
     `[n_obs_steps - 1 : n_obs_steps - 1 + n_action_steps]`.
+    `obs_noise` is the standard deviation of Gaussian noise added to the normalised low-dim
+    observations in training mode only (an augmentation against memorising few demonstrations;
+    with `normalizer_mode="limits"` the data spans [-1, 1], so 0.1 is 5% of a feature's range).
     """
 
     obs_shapes: dict[str, tuple[int, ...]]
@@ -29,6 +32,7 @@ class PolicyConfig:
     n_obs_steps: int = 2
     n_action_steps: int = 8
     normalizer_mode: str = "limits"
+    obs_noise: float = 0.0
     vision: VisionConfig = field(default_factory=VisionConfig)
 
     @property
@@ -53,6 +57,8 @@ class PolicyConfig:
                 f"n_obs_steps - 1 + n_action_steps = {self.n_obs_steps - 1 + self.n_action_steps} "
                 f"exceeds {self.horizon=}: the executed actions must lie inside the predicted chunk"
             )
+        if not 0.0 <= self.obs_noise < float("inf"):
+            raise ValueError(f"obs_noise={self.obs_noise} must be a finite standard deviation >= 0")
         if self.normalizer_mode not in NORMALIZER_MODES:
             raise ValueError(f"normalizer_mode={self.normalizer_mode!r} is not one of {NORMALIZER_MODES}")
 
