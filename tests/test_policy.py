@@ -81,6 +81,17 @@ def test_save_load_round_trip(policy, tmp_path):
                                policy.predict_action(observation(), noise=noise)["action_pred"], rtol=0, atol=0)
 
 
+def test_save_load_keeps_the_conditioning_of_keys_given_out_of_order(tmp_path):
+    torch.manual_seed(0)
+    policy = DiffusionPolicy(small_config(obs_shapes={"vel": (3,), "pos": (2,)}), normalizer()).eval()
+    assert list(policy.config.obs_shapes) == ["pos", "vel"]
+    policy.save(tmp_path / "p")
+    loaded = load_policy(tmp_path / "p")
+    obs = observation()
+    torch.testing.assert_close(loaded.condition(obs), policy.condition(obs), rtol=0, atol=0)
+    torch.testing.assert_close(policy.condition(obs)[:, :2], policy.normalizer.normalize("pos", obs["pos"])[:, 0])
+
+
 def test_load_into_mismatched_config_names_field(policy, tmp_path):
     policy.save(tmp_path / "p")
     other = DiffusionPolicy(small_config(horizon=16), normalizer())

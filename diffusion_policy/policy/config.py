@@ -17,6 +17,7 @@ class PolicyConfig:
     """What every policy shares: its observation keys and the chunking of actions in time.
 
     `obs_shapes` maps each observation key to its per-step shape; the policy sees `(B, To, *shape)`.
+    Its keys are kept sorted by name, which fixes the order in which they are concatenated.
     A key with a three-dimensional shape is a camera image `(H, W, C)` (uint8, see
     `diffusion_policy.data.images`), encoded as `vision` says; the others are low-dimensional.
     A predicted chunk is `(B, horizon, action_dim)`; the executed slice is
@@ -43,7 +44,9 @@ class PolicyConfig:
     def __post_init__(self) -> None:
         if not self.obs_shapes:
             raise ValueError(f"obs_shapes={self.obs_shapes} must name at least one observation key")
-        self.obs_shapes = {str(k): tuple(int(d) for d in v) for k, v in self.obs_shapes.items()}
+        # Keys in sorted order: the encoder concatenates them in this order, and a saved config.json
+        # (written with sorted keys) must load into the same conditioning layout it was trained with.
+        self.obs_shapes = {str(k): tuple(int(d) for d in v) for k, v in sorted(self.obs_shapes.items())}
         for key, shape in self.obs_shapes.items():
             if "." in key or not shape or min(shape) < 1:
                 raise ValueError(f"observation key {key!r} with shape {shape} is invalid")
