@@ -47,6 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tasks", nargs="+", default=list(DEFAULT_TASKS),
                         help="Meta-World task names, with or without -v3 (default: the DP3 paper's eight)")
     parser.add_argument("--demos", type=int, default=10, help="expert demos per task")
+    parser.add_argument("--demos-to-time-limit", action="store_true",
+                        help="record each demo to the episode's step limit, not just to its first success")
     parser.add_argument("--seeds", type=int, default=3, help="training seeds per task (0, 1, ...)")
     parser.add_argument("--episodes", type=int, default=50, help="evaluation episodes per training seed")
     parser.add_argument("--envs", type=int, default=8, help="environments stepped in parallel")
@@ -89,6 +91,7 @@ def main(argv: list[str] | None = None) -> list[TaskResult]:
             task, args.out, cfg["task"], cfg["policy"], cfg["training"],
             n_demos=args.demos, train_seeds=tuple(range(args.seeds)), n_episodes=args.episodes,
             n_envs=args.envs, n_videos=args.videos, vector=args.vector, skip_done=args.skip_done,
+            demos_to_time_limit=args.demos_to_time_limit,
         )
         write_report(args.out)
     return load_results(args.out)

@@ -180,6 +180,12 @@ def test_record_demos_keeps_failures_out_and_stops_when_the_expert_keeps_failing
 ) -> None:
     attempts = bench.record_demos("reach", 2, tmp_path / "ok.zarr")
     assert attempts == 2 and ReplayBuffer.open(tmp_path / "ok.zarr").n_episodes == 2
+    assert max(ReplayBuffer.open(tmp_path / "ok.zarr").episode_lengths) < DEFAULT_MAX_STEPS  # ends at success
+    bench.record_demos("reach", 2, tmp_path / "full.zarr", to_time_limit=True)
+    full = ReplayBuffer.open(tmp_path / "full.zarr")
+    assert full.episode_lengths.tolist() == [DEFAULT_MAX_STEPS] * 2
+    ok = ReplayBuffer.open(tmp_path / "ok.zarr").get_episode(0)
+    np.testing.assert_array_equal(full.get_episode(0)["action"][: len(ok["action"])], ok["action"])
 
     class StandStill:
         def __init__(self, seed: int | None = None) -> None:

@@ -97,10 +97,12 @@ class TaskResult:
         return statistics.pstdev(self.success_rates)
 
 
-def record_demos(task: str, n_demos: int, path: str | Path, n_workers: int = 1) -> int:
+def record_demos(task: str, n_demos: int, path: str | Path, n_workers: int = 1, to_time_limit: bool = False) -> int:
     """Record `n_demos` successful expert episodes of `task` into a new store at `path`.
 
-    Episode seeds run 0, 1, ... until `n_demos` succeeded; returns the number of episodes run.
+    Episode seeds run 0, 1, ... until `n_demos` succeeded; returns the number of episodes run. A demo
+    ends at its first successful step, or with `to_time_limit` runs on to the episode's step limit
+    (as the DP3 paper's demos do), so it also shows what the expert does after success.
     Raises RuntimeError naming the task when the expert fails too often
     (`MAX_ATTEMPTS_PER_DEMO * n_demos` episodes).
     """
@@ -117,7 +119,7 @@ def record_demos(task: str, n_demos: int, path: str | Path, n_workers: int = 1) 
                                f"{n_demos} demos were asked for")
         wanted = n_demos - buffer.n_episodes
         summary = record_episodes(env_id, factory, buffer, wanted, seed=attempts, n_workers=n_workers,
-                                  progress=False)
+                                  progress=False, env_kwargs={"terminate_on_success": not to_time_limit})
         attempts += summary.episodes_run
     return attempts
 
@@ -153,8 +155,11 @@ def run_task(
     n_videos: int = 1,
     vector: str = "async",
     skip_done: bool = False,
+    demos_to_time_limit: bool = False,
 ) -> TaskResult:
     """The whole protocol for one task; run directories and evaluations go under `out_dir/<task>/`.
+
+    `demos_to_time_limit` is `record_demos`' `to_time_limit`.
 
     Each seed's result is kept in `<task>/seed_<s>/SEED_RESULT_FILE`; with `skip_done` a seed that
     has one is not trained again (so a later run with more seeds only adds the new ones).
@@ -162,7 +167,7 @@ def run_task(
     name = canonical_task(task)
     task_dir = Path(out_dir) / name
     demos = task_dir / "demos.zarr"
-    attempts = record_demos(name, n_demos, demos)
+    attempts = record_demos(name, n_demos, demos, to_time_limit=demos_to_time_limit)
     device = resolve_device(trainer_cfg.get("device", "auto"))
     result = TaskResult(task=name, n_demos=n_demos, demo_attempts=attempts, n_episodes=n_episodes,
                         expert_success_rate=expert_success_rate(name, n_episodes, eval_seed), device=str(device))
