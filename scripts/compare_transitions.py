@@ -6,6 +6,11 @@ markdown table `transitions.md`: success, score, boundary jump / jerk and loop t
 
 Example (about 25 s per episode and mode at --time-scale 1):
     python scripts/compare_transitions.py --policy runs/demo/pusht/policy --episodes 25
+
+With --virtual-latency-ms the loop runs in virtual time (run_robot.py): deterministic, and an episode
+takes only its compute time (2-4 s here), so a transition can be measured over hundreds of episodes:
+    python scripts/compare_transitions.py --policy runs/demo/pusht/policy --episodes 200 \
+        --virtual-latency-ms 70 --transitions replace rtc_soft:3
 """
 
 from __future__ import annotations
@@ -30,16 +35,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--episodes", type=int, default=25)
     parser.add_argument("--seed", type=int, default=100_000)
     parser.add_argument("--transitions", nargs="+", default=["replace", "rtc_inpaint", "rtc_soft", "ensemble"],
-                        help=f"any of {run_robot.TRANSITIONS}; rtc_soft:N guides only N planned actions after "
-                        "the held ones (run_robot.py --soft-steps N)")
+                        help=f"any of {run_robot.TRANSITIONS}; rtc_soft:N and rtc_guided:N hold only N planned "
+                        "actions after the held ones softly (run_robot.py --soft-steps N)")
+    parser.add_argument("--virtual-latency-ms", type=float, help="run in virtual time with this latency")
+    parser.add_argument("--margin", type=int, help="real-time chunking's extra held ticks (run_robot.py --margin)")
+    parser.add_argument("--guidance", type=float, help="rtc_guided's clip of the guidance weight")
+    parser.add_argument("--skip-offline", action="store_true", help="do not evaluate the policy offline")
     parser.add_argument("--time-scale", type=float, default=1.0)
     parser.add_argument("--inference", default="auto")
     parser.add_argument("--out", type=Path, default=Path("runs/transitions"))
     args = parser.parse_args(argv)
     for mode in args.transitions:
         name, _, steps = mode.partition(":")
-        if name not in run_robot.TRANSITIONS or (steps and (name != "rtc_soft" or not steps.isdigit())):
-            parser.error(f"transition {mode!r} is not one of {run_robot.TRANSITIONS} (or rtc_soft:N)")
+        if name not in run_robot.TRANSITIONS or (steps and (name not in run_robot.SOFT_TRANSITIONS
+                                                             or not steps.isdigit())):
+            parser.error(f"transition {mode!r} is not one of {run_robot.TRANSITIONS} "
+                         f"(or {'/'.join(run_robot.SOFT_TRANSITIONS)}:N)")
     return args
 
 
@@ -70,14 +81,17 @@ def table(rows: dict[str, dict]) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    rows = {"offline (evaluate_policy)": offline(args)}
+    rows = {} if args.skip_offline else {"offline (evaluate_policy)": offline(args)}
     print(rows)
+    passed = [flag for name in ("virtual_latency_ms", "margin", "guidance") if getattr(args, name) is not None
+              for flag in ("--" + name.replace("_", "-"), str(getattr(args, name)))]
     for mode in args.transitions:
         transition, _, steps = mode.partition(":")
         rows[mode] = run_robot.main(
             ["--policy", str(args.policy), "--episodes", str(args.episodes), "--seed", str(args.seed),
              "--transition", transition, "--time-scale", str(args.time_scale), "--inference", args.inference,
-             "--out", str(args.out / mode.replace(":", "_")), "--plot", *(["--soft-steps", steps] if steps else [])])
+             "--out", str(args.out / mode.replace(":", "_")), "--plot", *(["--soft-steps", steps] if steps else []),
+             *passed])
         save_json(rows, args.out / "transitions.json")
     (args.out / "transitions.md").write_text(table(rows))
     print(table(rows))

@@ -1,13 +1,16 @@
 r"""Drive the real-time simulated Push-T robot with a trained policy, locally or through a policy server.
 
 The physics runs in wall-clock time (x --time-scale), the controller loop at 10 Hz x --time-scale,
-inference in a background thread (or on the server); see docs/deploy.md.
+inference in a background thread (or on the server); see docs/deploy.md. With --virtual-latency-ms
+the same loop runs in virtual time instead: every chunk arrives that long after its observation,
+the run is deterministic and takes only its compute time (deploy/virtual_time.py).
 
 Examples:
     python scripts/run_robot.py --policy runs/demo/pusht/policy --episodes 10
     python scripts/run_robot.py --policy runs/demo/pusht/policy --transition rtc_soft --plot
     python scripts/run_robot.py --policy runs/demo/pusht/policy --spawn-server     # server in a subprocess
     python scripts/run_robot.py --policy runs/demo/pusht/policy --server tcp://gpu-box:5555
+    python scripts/run_robot.py --policy runs/demo/pusht/policy --virtual-latency-ms 70 --episodes 100
 
 Per episode it prints success, score and loop timing; `--out` gets `summary.json`, one
 `episode_<seed>.json` run log per episode and, with --plot, `commands.png` (first episode).
@@ -33,7 +36,8 @@ from diffusion_policy.deploy.predictor import ChunkPredictor, LocalPredictor
 from diffusion_policy.deploy.run_log import RunLog, pooled_summary
 from diffusion_policy.deploy.safety import SafetyConfig
 from diffusion_policy.deploy.sim_robot import MujocoSimRobot
-from diffusion_policy.deploy.transitions import TRANSITIONS
+from diffusion_policy.deploy.transitions import SOFT_TRANSITIONS, TRANSITIONS
+from diffusion_policy.deploy.virtual_time import LatencyWorker, VirtualClock
 from diffusion_policy.eval.run_dir import resolve_policy_dir
 from diffusion_policy.policy import DiffusionPolicy, load_policy
 from diffusion_policy.policy.diffusion_policy import INFERENCE_MODES
@@ -50,8 +54,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=100_000, help="episode i is reset with seed + i")
     parser.add_argument("--max-steps", type=int, default=300, help="control ticks per episode (Push-T: 300)")
     parser.add_argument("--transition", choices=TRANSITIONS, default="rtc_inpaint", help="chunk transition")
-    parser.add_argument("--soft-steps", type=int, help="rtc_soft: guide only this many planned actions after the "
-                        "held ones (default: the whole rest of the plan)")
+    parser.add_argument("--soft-steps", type=int, help="rtc_soft / rtc_guided: hold only this many planned actions "
+                        "after the held ones softly (default: the whole rest of the plan)")
+    parser.add_argument("--guidance", type=float, default=ControllerConfig.rtc_guidance,
+                        help="rtc_guided: clip of the guidance weight")
+    parser.add_argument("--margin", type=int, default=ControllerConfig.rtc_margin,
+                        help="real-time chunking: extra ticks held beyond the recent maximum latency")
+    parser.add_argument("--virtual-latency-ms", type=float, help="run in virtual time, every chunk arriving this "
+                        "long after its observation (default: wall-clock time)")
     parser.add_argument("--threshold", type=int, help="request a chunk when this many actions remain "
                         "(default: after n_action_steps actions, as offline evaluation re-plans)")
     parser.add_argument("--time-scale", type=float, default=1.0, help="simulated seconds per wall second")
@@ -64,8 +74,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.episodes < 1:
         parser.error(f"--episodes {args.episodes} must be >= 1")
-    if args.soft_steps is not None and (args.soft_steps < 1 or args.transition != "rtc_soft"):
-        parser.error(f"--soft-steps {args.soft_steps} needs --transition rtc_soft and a value >= 1")
+    if args.soft_steps is not None and (args.soft_steps < 0 or args.transition not in SOFT_TRANSITIONS):
+        parser.error(f"--soft-steps {args.soft_steps} needs --transition in {SOFT_TRANSITIONS} and a value >= 0")
+    if args.virtual_latency_ms is not None and not args.virtual_latency_ms >= 0:
+        parser.error(f"--virtual-latency-ms {args.virtual_latency_ms} must be >= 0")
     if args.server and args.spawn_server:
         parser.error("--server and --spawn-server exclude each other")
     return args
@@ -104,12 +116,20 @@ def _free_port() -> int:
 
 
 def run_episode(predictor: ChunkPredictor, args: argparse.Namespace, seed: int) -> tuple[RunLog, dict]:
-    robot = MujocoSimRobot(args.env, seed=seed, time_scale=args.time_scale)
     config = ControllerConfig(rate_hz=TASK_HZ * args.time_scale, transition=args.transition,
-                              rtc_soft_steps=args.soft_steps, request_threshold=args.threshold,
-                              max_ticks=args.max_steps, seed=seed,
+                              rtc_soft_steps=args.soft_steps, rtc_guidance=args.guidance, rtc_margin=args.margin,
+                              request_threshold=args.threshold, max_ticks=args.max_steps, seed=seed,
                               record_obs_key="agent_pos", safety=SafetyConfig(max_delta=args.max_delta))
-    log = ControllerLoop(robot, predictor, config).run(stop_when=lambda: robot.success)
+    if args.virtual_latency_ms is None:
+        robot = MujocoSimRobot(args.env, seed=seed, time_scale=args.time_scale)
+        loop = ControllerLoop(robot, predictor, config)
+    else:
+        clock = VirtualClock()
+        latency_s = args.virtual_latency_ms / 1000
+        robot = MujocoSimRobot(args.env, seed=seed, time_scale=args.time_scale, clock=clock)
+        loop = ControllerLoop(robot, predictor, config, clock=clock, sleep=clock.sleep,
+                              worker_factory=lambda p, c: LatencyWorker(p, clock, latency_s))
+    log = loop.run(stop_when=lambda: robot.success)
     return log, robot.outcome()
 
 

@@ -174,6 +174,10 @@ def test_config_errors_name_the_value():
         ControllerConfig(transition="smooth")
     with pytest.raises(ValueError, match="max_delta"):
         SafetyConfig(max_delta=0.0)
+    with pytest.raises(ValueError, match="rtc_guidance=0"):
+        ControllerConfig(rtc_guidance=0)
+    with pytest.raises(ValueError, match="rtc_soft_steps=-1"):
+        ControllerConfig(rtc_soft_steps=-1)
 
 
 def test_inference_runs_beside_the_loop():

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from diffusion_policy.deploy.plot import plot_commands
+from diffusion_policy.deploy.predictor import ChunkRequest, PolicySpec
 from diffusion_policy.deploy.run_log import RunLog, boundary_measurements
 from diffusion_policy.deploy.safety import SafetyConfig, SafetyFilter
 from diffusion_policy.deploy.sim_robot import MujocoSimRobot
@@ -154,3 +155,17 @@ def test_sim_robot_matches_stepping_the_env():
     stepped = env.step(target)[0]
     for key in stepped:
         np.testing.assert_allclose(real_time[key], stepped[key], atol=1e-4)
+
+
+def test_spec_checks_the_prefix_and_its_guidance():
+    spec = PolicySpec({"x": (1,)}, action_dim=2, n_obs_steps=2, horizon=8, n_action_steps=4)
+    obs = {"x": np.zeros((2, 1))}
+    prefix, weights = np.zeros((3, 2)), np.ones(3)
+    spec.check_request(ChunkRequest(obs, prefix, weights, prefix_guidance=5.0))
+    with pytest.raises(ValueError, match="without a prefix"):
+        spec.check_request(ChunkRequest(obs, prefix_guidance=5.0))
+    for bad in (0.0, -1.0, float("nan"), True):
+        with pytest.raises(ValueError, match=f"prefix_guidance={bad!r}"):
+            spec.check_request(ChunkRequest(obs, prefix, weights, prefix_guidance=bad))
+    with pytest.raises(ValueError, match=r"prefix_weights must lie in \[0, 1\]"):
+        spec.check_request(ChunkRequest(obs, prefix, np.full(3, 1.5)))

@@ -75,3 +75,90 @@ def test_regression_policy_refuses_a_prefix():
     policy = RegressionPolicy(config, normalizer()).eval()
     with pytest.raises(ValueError, match="cannot hold an action prefix"):
         policy.predict_action(observation(), prefix=torch.zeros(3, 2, 2), prefix_weights=torch.ones(2))
+
+
+def _ar1_denoiser(plan: DDIMPlan, scheduler, horizon: int, rho: float):
+    """The exact epsilon of unit-variance AR(1) data `(B, T, 1)`, corr(x_i, x_j) = rho^|i-j| (differentiable)."""
+    idx = torch.arange(horizon, dtype=torch.float64)
+    cov = rho ** (idx[:, None] - idx[None, :]).abs()
+
+    def denoiser(x: torch.Tensor, index: int) -> torch.Tensor:
+        abar = float(scheduler.alphas_cumprod[int(plan.timesteps[index])])
+        s, n = abar ** 0.5, (1 - abar) ** 0.5
+        gain = (s * cov @ torch.linalg.inv(abar * cov + (1 - abar) * torch.eye(horizon))).to(x.dtype)
+        x0 = torch.einsum("ij,bjd->bid", gain, x)  # the posterior mean E[x0 | x_t]
+        return (x - s * x0) / n
+
+    return denoiser
+
+
+def test_guidance_makes_the_free_part_continue_the_held_part():
+    """On data whose law is known, ΠGDM guidance samples close to the conditional law: the first free
+    entry after entries held at 1.5 has conditional mean rho * 1.5 = 1.425 (AR(1)); ΠGDM's isotropic
+    posterior variance over-pulls such correlated data a little (1.58 here). Held entries come back exactly."""
+    scheduler = make_scheduler("ddim", SchedulerConfig(clip_sample=False))
+    plan = DDIMPlan(scheduler, 10)
+    horizon, rho = 8, 0.95
+    denoiser = _ar1_denoiser(plan, scheduler, horizon, rho)
+    noise = torch.randn(2000, horizon, 1, generator=torch.Generator().manual_seed(0))
+    known = torch.full_like(noise, 1.5)
+    weights = torch.zeros(1, horizon, 1)
+    weights[0, :3] = 1.0
+    guided = plan.sample_guided(denoiser, noise, known, weights, max_guidance=100.0)
+    free = plan.sample(denoiser, noise)
+    assert torch.equal(guided[:, :3], known[:, :3])
+    assert abs(guided[:, 3].mean().item() - rho * 1.5) < 0.25
+    assert abs(free[:, 3].mean().item()) < 0.1  # unguided: no memory of the held value
+    # Conditional std of the next AR(1) entry is sqrt(1 - rho^2) = 0.31 (unconditional: 1).
+    assert 0.2 < guided[:, 3].std().item() < 0.45
+    # Far entries revert toward 0 as rho^k: the guidance is a pull through the law, not a copy.
+    assert guided[:, 7].mean().item() < guided[:, 3].mean().item() - 0.1
+
+
+def test_guidance_clip_weakens_the_pull_and_a_tiny_clip_leaves_the_sample_free():
+    scheduler = make_scheduler("ddim", SchedulerConfig(clip_sample=False))
+    plan = DDIMPlan(scheduler, 10)
+    denoiser = _ar1_denoiser(plan, scheduler, 8, 0.95)
+    noise = torch.randn(500, 8, 1, generator=torch.Generator().manual_seed(1))
+    known, weights = torch.full_like(noise, 1.5), torch.zeros(1, 8, 1)
+    weights[0, :3] = 1.0
+    pulls = [plan.sample_guided(denoiser, noise, known, weights, beta)[:, 3].mean().item() for beta in (1e-9, 0.1, 0.3)]
+    assert pulls[0] == pytest.approx(plan.sample(denoiser, noise)[:, 3].mean().item(), abs=1e-6)
+    assert pulls[0] < pulls[1] < pulls[2]
+
+
+def test_guidance_errors_name_the_value():
+    plan = DDIMPlan(make_scheduler("ddim", SchedulerConfig()), 5)
+    x = torch.zeros(2, 4, 1)
+    with pytest.raises(ValueError, match="max_guidance=0"):
+        plan.sample_guided(lambda x, i: x, x, x, torch.ones(1, 4, 1), 0)
+    with pytest.raises(ValueError, match=r"known \(2, 3, 1\)"):
+        plan.sample_guided(lambda x, i: x, x, torch.zeros(2, 3, 1), torch.ones(1, 4, 1), 1.0)
+
+
+@pytest.mark.parametrize("mode", ["eager", "fast"])
+def test_policy_holds_a_prefix_by_guidance(mode):
+    torch.manual_seed(0)
+    policy = DiffusionPolicy(small_config(), normalizer()).eval()
+    policy.inference = mode  # guidance always runs the float32 network
+    prefix = torch.tensor([[[1.0, 2.0], [1.5, 2.5], [2.0, 3.0]]]).expand(3, 3, 2)
+    weights = torch.tensor([1.0, 1.0, 0.5])
+    out = policy.predict_action(observation(), generator=torch.Generator().manual_seed(1), prefix=prefix,
+                                prefix_weights=weights, prefix_guidance=100.0)["action_pred"]
+    torch.testing.assert_close(out[:, :2], prefix[:, :2], rtol=0, atol=1e-5)
+    inpainted = policy.predict_action(observation(), generator=torch.Generator().manual_seed(1), prefix=prefix,
+                                      prefix_weights=weights)["action_pred"]
+    assert not torch.allclose(out[:, 2:], inpainted[:, 2:], atol=1e-3)  # a different sampler, same draws
+    assert torch.isfinite(out).all()
+
+
+def test_guidance_errors_in_the_policy():
+    policy = DiffusionPolicy(small_config(), normalizer()).eval()
+    with pytest.raises(ValueError, match="prefix_guidance=5.0 needs a prefix"):
+        policy.predict_action(observation(), prefix_guidance=5.0)
+    config = small_config()
+    config.inference_scheduler = "ddpm"
+    ddpm = DiffusionPolicy(config, normalizer()).eval()
+    with pytest.raises(ValueError, match="needs the 'ddim' inference scheduler; this policy uses 'ddpm'"):
+        ddpm.predict_action(observation(), prefix=torch.zeros(3, 2, 2), prefix_weights=torch.ones(2),
+                            prefix_guidance=5.0)

@@ -55,3 +55,16 @@ def test_bad_arguments_are_named(pusht_policy):
         run_robot.parse_args(["--policy", str(pusht_policy), "--server", "tcp://x:1", "--spawn-server"])
     with pytest.raises(SystemExit):
         run_robot.parse_args(["--policy", str(pusht_policy), "--transition", "replace", "--soft-steps", "2"])
+
+
+def test_virtual_time_runs_are_deterministic_and_use_the_asked_latency(pusht_policy, tmp_path):
+    args = ["--policy", str(pusht_policy), "--episodes", "1", "--max-steps", "20", "--virtual-latency-ms", "150",
+            "--transition", "rtc_guided", "--soft-steps", "2", "--guidance", "20"]
+    first = run_robot.main(args + ["--out", str(tmp_path / "a")])
+    second = run_robot.main(args + ["--out", str(tmp_path / "b")])
+    assert first["episodes"] == second["episodes"]
+    loop = first["loop"]
+    assert loop["inference_latency_ms"]["p50"] == pytest.approx(150.0) and loop["deadline_misses"] == 0
+    assert loop["skipped_actions"] == 2 * loop["inferences"]  # every chunk skips ceil(150 ms / 100 ms)
+    with pytest.raises(SystemExit):
+        run_robot.parse_args(["--policy", str(pusht_policy), "--virtual-latency-ms", "-5"])

@@ -15,7 +15,8 @@ types); the bytes are C-order and little-endian, exactly `prod(shape) * itemsize
 evaluated, so a hostile peer can at worst be refused with a `CodecError`.
 
 A `ChunkRequest` travels as arrays `obs/<key>` `(To, *shape)`, optional `prefix` `(P, Da)` and
-`prefix_weights` `(P,)`, and the header field `seed` (int or null).
+`prefix_weights` `(P,)`, and the header fields `seed` (int or null) and `prefix_guidance` (number
+or null).
 """
 
 from __future__ import annotations
@@ -138,7 +139,7 @@ def _parse_table(table: Any) -> list[tuple[str, np.dtype, tuple[int, ...]]]:
 
 
 def pack_request(request: ChunkRequest) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """ChunkRequest -> (header fields `{"seed"}`, arrays `obs/<key>`, `prefix`, `prefix_weights`)."""
+    """ChunkRequest -> (header fields `{"seed", "prefix_guidance"}`, arrays `obs/<key>`, `prefix`, `prefix_weights`)."""
     seed = request.seed
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
         raise CodecError(f"seed={request.seed!r} must be an integer or None")
@@ -146,7 +147,11 @@ def pack_request(request: ChunkRequest) -> tuple[dict[str, Any], dict[str, np.nd
     for name in REQUEST_ARRAYS:
         if getattr(request, name) is not None:
             arrays[name] = getattr(request, name)
-    return {"seed": None if seed is None else int(seed)}, arrays
+    guidance = request.prefix_guidance
+    if guidance is not None and (isinstance(guidance, bool) or not isinstance(guidance, (int, float, np.floating))):
+        raise CodecError(f"prefix_guidance={guidance!r} must be a number or None")
+    return {"seed": None if seed is None else int(seed),
+            "prefix_guidance": None if guidance is None else float(guidance)}, arrays
 
 
 def unpack_request(header: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> ChunkRequest:
@@ -154,10 +159,13 @@ def unpack_request(header: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) 
     seed = header.get("seed")
     if seed is not None and type(seed) is not int:
         raise CodecError(f"header field 'seed' is {seed!r}; expected an integer or null")
+    guidance = header.get("prefix_guidance")
+    if guidance is not None and type(guidance) not in (int, float):
+        raise CodecError(f"header field 'prefix_guidance' is {guidance!r}; expected a number or null")
     obs = {}
     for name, value in arrays.items():
         if name.startswith(OBS_PREFIX):
             obs[name[len(OBS_PREFIX):]] = value
         elif name not in REQUEST_ARRAYS:
             raise CodecError(f"request array {name!r} is neither 'obs/<key>' nor one of {REQUEST_ARRAYS}")
-    return ChunkRequest(obs, arrays.get("prefix"), arrays.get("prefix_weights"), seed)
+    return ChunkRequest(obs, arrays.get("prefix"), arrays.get("prefix_weights"), seed, guidance)

@@ -26,7 +26,7 @@ from diffusion_policy.deploy.predictor import ChunkPredictor, ChunkRequest
 from diffusion_policy.deploy.robot import Robot
 from diffusion_policy.deploy.run_log import RunLog
 from diffusion_policy.deploy.safety import SafetyConfig, SafetyFilter
-from diffusion_policy.deploy.transitions import ActionSchedule, check_transition, rtc_prefix
+from diffusion_policy.deploy.transitions import SOFT_TRANSITIONS, ActionSchedule, check_transition, rtc_prefix
 from diffusion_policy.deploy.worker import InferenceJob, InferenceResult, InferenceWorker
 
 # A short interpreter switch interval lets the loop's thread take the GIL back from the inference
@@ -44,8 +44,9 @@ class ControllerConfig:
     observation key logged every tick (e.g. the executed position, to plot against commands).
     rtc_margin: real-time chunking holds the actions of `ceil(recent max latency / period) +
     rtc_margin` ticks, so a chunk that arrives late still starts on a committed action.
-    rtc_soft_steps: how many planned actions after the held ones `rtc_soft` guides with decaying
-    weights (None: the whole rest of the plan)."""
+    rtc_soft_steps: how many planned actions after the held ones `rtc_soft` / `rtc_guided` hold with
+    decaying weights (None: the whole rest of the plan; 0: none). rtc_guidance: `rtc_guided`'s clip
+    of the guidance weight (`DDIMPlan.sample_guided`)."""
 
     rate_hz: float = 10.0
     transition: str = "replace"
@@ -56,6 +57,7 @@ class ControllerConfig:
     record_obs_key: str | None = None
     rtc_margin: int = 1
     rtc_soft_steps: int | None = None
+    rtc_guidance: float = 100.0
     safety: SafetyConfig = field(default_factory=SafetyConfig)
 
     def __post_init__(self) -> None:
@@ -66,8 +68,10 @@ class ControllerConfig:
             raise ValueError(f"request_threshold={self.request_threshold} must be >= 0")
         if self.rtc_margin < 0:
             raise ValueError(f"rtc_margin={self.rtc_margin} must be >= 0")
-        if self.rtc_soft_steps is not None and self.rtc_soft_steps < 1:
-            raise ValueError(f"rtc_soft_steps={self.rtc_soft_steps} must be >= 1 (or None: the whole plan)")
+        if self.rtc_soft_steps is not None and self.rtc_soft_steps < 0:
+            raise ValueError(f"rtc_soft_steps={self.rtc_soft_steps} must be >= 0 (or None: the whole plan)")
+        if not (math.isfinite(self.rtc_guidance) and self.rtc_guidance > 0):
+            raise ValueError(f"rtc_guidance={self.rtc_guidance} must be a finite number > 0")
         if self.max_ticks is not None and self.max_ticks < 1:
             raise ValueError(f"max_ticks={self.max_ticks} must be >= 1")
 
@@ -80,8 +84,13 @@ class ControllerLoop:
     """Drives `robot` with chunks from `predictor` at `config.rate_hz`; `run()` returns the `RunLog`."""
 
     def __init__(self, robot: Robot, predictor: ChunkPredictor, config: ControllerConfig,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+                 clock: Callable[[], float] = time.perf_counter, sleep: Callable[[float], None] = time.sleep,
+                 worker_factory: Callable[[ChunkPredictor, Callable[[], float]], InferenceWorker] = InferenceWorker,
+                 ) -> None:
+        """`clock`, `sleep` and `worker_factory` default to wall-clock time and a background thread;
+        `deploy.virtual_time` swaps them to simulate latency instead."""
         self.robot, self.predictor, self.config, self.clock = robot, predictor, config, clock
+        self.sleep, self.worker_factory = sleep, worker_factory
         spec = predictor.spec
         _check_robot(robot, predictor)
         self.threshold = (config.request_threshold if config.request_threshold is not None
@@ -105,7 +114,7 @@ class ControllerLoop:
             raise RuntimeError("this ControllerLoop has already run; build a new one per episode")
         old_interval = sys.getswitchinterval()
         sys.setswitchinterval(_SWITCH_INTERVAL_S)
-        worker = InferenceWorker(self.predictor, self.clock)
+        worker = self.worker_factory(self.predictor, self.clock)
         self.robot.connect()
         try:
             t0, tick = self._start(worker)
@@ -136,7 +145,7 @@ class ControllerLoop:
         period = self.config.period
         while self.config.max_ticks is None or tick < self.config.max_ticks:
             due = t0 + tick * period
-            _sleep_until(due, self.clock)
+            _sleep_until(due, self.clock, self.sleep)
             t_start = self.clock()
             if stop_when():
                 self.log.stop_reason = "stop_when"
@@ -183,14 +192,15 @@ class ControllerLoop:
         spec = self.predictor.spec
         obs = {k: np.stack([frame[k] for frame in self.history]) for k in spec.obs_shapes}
         delay = math.ceil(max(self.latencies, default=0.0) / self.config.period) + self.config.rtc_margin
-        prefix = weights = None
+        prefix = weights = guidance = None
         if self.config.transition.startswith("rtc"):
             held = rtc_prefix(list(self.sent), self.schedule, tick, delay, spec.horizon,
-                              soft=self.config.transition == "rtc_soft", soft_steps=self.config.rtc_soft_steps)
+                              soft=self.config.transition in SOFT_TRANSITIONS, soft_steps=self.config.rtc_soft_steps)
             if held is not None:
                 prefix, weights = held
+                guidance = self.config.rtc_guidance if self.config.transition == "rtc_guided" else None
         seed = None if self.config.seed is None else self.config.seed + self._next_chunk
-        job = InferenceJob(self._next_chunk, tick, t_obs, ChunkRequest(obs, prefix, weights, seed), delay)
+        job = InferenceJob(self._next_chunk, tick, t_obs, ChunkRequest(obs, prefix, weights, seed, guidance), delay)
         self._next_chunk += 1
         worker.submit(job)
 
@@ -230,6 +240,6 @@ def _check_robot(robot: Robot, predictor: ChunkPredictor) -> None:
         raise ValueError(f"policy gives actions ({spec.action_dim},); the robot takes {tuple(robot.action_spec.shape)}")
 
 
-def _sleep_until(deadline: float, clock: Callable[[], float]) -> None:
+def _sleep_until(deadline: float, clock: Callable[[], float], sleep: Callable[[float], None]) -> None:
     while (left := deadline - clock()) > 0:
-        time.sleep(left)
+        sleep(left)

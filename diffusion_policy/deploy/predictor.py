@@ -7,6 +7,7 @@ bad observation is rejected with a message naming the key, never fed to the netw
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -68,9 +69,13 @@ class PolicySpec:
                 raise ValueError(f"observation {key!r} has shape {value.shape}; expected (To, ...) = {expected}")
             if value.dtype.kind == "f" and not np.isfinite(value).all():
                 raise ValueError(f"observation {key!r} contains NaN or inf")
+        guidance = request.prefix_guidance
+        if guidance is not None and (isinstance(guidance, bool) or not isinstance(guidance, (int, float))
+                                     or not (math.isfinite(guidance) and guidance > 0)):
+            raise ValueError(f"prefix_guidance={guidance!r} must be None or a finite number > 0")
         if request.prefix is None:
-            if request.prefix_weights is not None:
-                raise ValueError("prefix_weights given without a prefix")
+            if request.prefix_weights is not None or guidance is not None:
+                raise ValueError("prefix_weights or prefix_guidance given without a prefix")
             return
         prefix, weights = request.prefix, request.prefix_weights
         if prefix.ndim != 2 or not 1 <= prefix.shape[0] <= self.horizon or prefix.shape[1] != self.action_dim:
@@ -93,12 +98,15 @@ class ChunkRequest:
     prefix: `(P, Da)` raw actions to hold at chunk indices `0 .. P-1` (real-time chunking), or None.
     prefix_weights: `(P,)` in [0, 1]: 1 holds an action exactly, 0 leaves it free.
     seed: seeds the initial diffusion noise; None draws fresh noise.
+    prefix_guidance: None holds the prefix by inpainting; a float > 0 by pseudoinverse guidance with
+        the guidance weight clipped there (`BasePolicy.predict_action`).
     """
 
     obs: dict[str, np.ndarray]
     prefix: np.ndarray | None = None
     prefix_weights: np.ndarray | None = None
     seed: int | None = None
+    prefix_guidance: float | None = None
 
 
 class ChunkPredictor(Protocol):
@@ -128,7 +136,8 @@ class LocalPredictor:
         if request.prefix is not None:
             prefix = torch.as_tensor(request.prefix, dtype=torch.float32)[None]
             weights = torch.as_tensor(request.prefix_weights, dtype=torch.float32)
-        out = self.policy.predict_action(obs, generator=generator, prefix=prefix, prefix_weights=weights)
+        out = self.policy.predict_action(obs, generator=generator, prefix=prefix, prefix_weights=weights,
+                                         prefix_guidance=request.prefix_guidance)
         return out["action_pred"][0].to("cpu", torch.float32).numpy()
 
     def close(self) -> None:

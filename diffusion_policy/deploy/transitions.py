@@ -7,14 +7,15 @@ ticks before `m` are skipped (their time has passed: latency compensation). Then
 - `replace`: the new chunk's actions overwrite the plan from tick `m` on.
 - `ensemble`: temporal ensembling (Zhao et al. 2023, ACT): every chunk that planned a tick votes,
   weighted `exp(-decay * i)` with `i = 0` for the oldest chunk.
-- `rtc_inpaint` / `rtc_soft`: real-time chunking (after Black et al. 2025, "Real-Time Execution of
+- `rtc_inpaint` / `rtc_soft` / `rtc_guided`: real-time chunking (after Black et al. 2025, "Real-Time Execution of
   Action Chunking Flow Policies", for flow policies; here for diffusion). The next chunk is sampled
   with its first actions held to the committed ones: the actions already executed (chunk indices
   before `To - 1`) and those that will execute while it is computed (`delay` ticks), so they are
   identical by construction and the new chunk continues them. `rtc_soft` also holds the rest of
   the old plan softly, with weights decaying from 1 to 0 (the paper's exponential soft mask), applied
-  by soft-mask inpainting in the sampling loop rather than by guidance gradients, which would need a
-  backward pass through the network per step. The chunk then replaces the plan.
+  by soft-mask inpainting in the sampling loop. `rtc_guided` holds the same prefix by pseudoinverse
+  guidance, as the paper does (`DDIMPlan.sample_guided`: a backward pass through the network per
+  denoising step). The chunk then replaces the plan.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-TRANSITIONS = ("replace", "ensemble", "rtc_inpaint", "rtc_soft")
+TRANSITIONS = ("replace", "ensemble", "rtc_inpaint", "rtc_soft", "rtc_guided")
+SOFT_TRANSITIONS = ("rtc_soft", "rtc_guided")
 
 
 def check_transition(transition: str) -> None:

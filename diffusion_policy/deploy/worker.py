@@ -9,6 +9,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,8 +87,14 @@ class InferenceWorker:
     def _run(self) -> None:
         while (item := self._jobs.get()) is not None:
             job, t_submit = item
-            try:
-                chunk = np.asarray(self.predictor.predict(job.request), dtype=np.float64)
-                self._results.put(InferenceResult(job, t_submit, self.clock(), chunk=chunk))
-            except BaseException as err:  # reported to the loop, which stops safely
-                self._results.put(InferenceResult(job, t_submit, self.clock(), error=err))
+            self._results.put(run_job(self.predictor, job, t_submit, self.clock))
+
+
+def run_job(predictor: ChunkPredictor, job: InferenceJob, t_submit: float,
+            done_time: Callable[[], float]) -> InferenceResult:
+    """Run `job` on `predictor`: its chunk `(T, Da)` float64, or the exception it raised (for the loop to stop on)."""
+    try:
+        chunk = np.asarray(predictor.predict(job.request), dtype=np.float64)
+        return InferenceResult(job, t_submit, done_time(), chunk=chunk)
+    except Exception as err:  # reported to the loop, which stops safely
+        return InferenceResult(job, t_submit, done_time(), error=err)

@@ -62,11 +62,13 @@ class BasePolicy(nn.Module):
         noise: torch.Tensor | None,
         known: torch.Tensor | None = None,
         known_mask: torch.Tensor | None = None,
+        guidance: float | None = None,
     ) -> torch.Tensor:
         """cond `(B, Dc)` -> normalised action chunk `(B, T, Da)`.
 
         `known` `(B, T, Da)` (normalised) with a bool or [0, 1] `known_mask` broadcastable to it holds
-        part of the chunk while it is sampled (inpainting), for policies that support it.
+        part of the chunk while it is sampled, for policies that support it: by inpainting, or with
+        `guidance` (the clip of the guidance weight) by pseudoinverse guidance.
         """
         raise NotImplementedError
 
@@ -98,17 +100,23 @@ class BasePolicy(nn.Module):
         noise: torch.Tensor | None = None,
         prefix: torch.Tensor | None = None,
         prefix_weights: torch.Tensor | None = None,
+        prefix_guidance: float | None = None,
     ) -> dict[str, torch.Tensor]:
         """obs `{key: (B, To, *shape)}` -> `{"action": (B, Ta, Da), "action_pred": (B, T, Da)}` in raw units.
 
         `generator` and/or `noise` `(B, T, Da)` make sampling reproducible. `prefix` `(B, P, Da)` raw
         actions with `prefix_weights` `(P,)` in [0, 1] hold the chunk's first P actions while it is
         sampled (real-time chunking): weight 1 holds an action exactly, smaller weights hold it softly.
+        The prefix is held by inpainting at every denoising step, or with `prefix_guidance` (a float
+        > 0, the clip of the guidance weight) by pseudoinverse guidance, which also steers the free
+        actions to continue the held ones at the cost of a backward pass per step.
         """
         obs = validate_obs(obs, self.config.obs_shapes, self.config.n_obs_steps, self.device, self._image_keys)
         cond = self.condition(obs)
         known, mask = self._prefix_constraint(prefix, prefix_weights, cond.shape[0])
-        chunk = self.sample_chunk(cond, generator, noise, known, mask)
+        if prefix_guidance is not None and known is None:
+            raise ValueError(f"{prefix_guidance=} needs a prefix to guide towards")
+        chunk = self.sample_chunk(cond, generator, noise, known, mask, prefix_guidance)
         action_pred = self.normalizer.unnormalize("action", chunk)
         start = self.config.n_obs_steps - 1
         return {"action": action_pred[:, start : start + self.config.n_action_steps], "action_pred": action_pred}

@@ -89,9 +89,16 @@ class DiffusionPolicy(BasePolicy):
         noise: torch.Tensor | None,
         known: torch.Tensor | None = None,
         known_mask: torch.Tensor | None = None,
+        guidance: float | None = None,
     ) -> torch.Tensor:
-        """cond `(B, Dc)` -> normalised chunk `(B, T, Da)`, inpainting `known` `(B, T, Da)` where masked."""
+        """cond `(B, Dc)` -> normalised chunk `(B, T, Da)`, holding `known` `(B, T, Da)` where masked.
+
+        Inpainting by default; with `guidance` (the clip of the guidance weight), pseudoinverse
+        guidance through the float32 network (`DDIMPlan.sample_guided`), which needs DDIM.
+        """
         shape = None if noise is not None else (cond.shape[0], self.config.horizon, self.config.action_dim)
+        if guidance is not None:
+            return self._sample_guided(cond, generator, noise, shape, known, known_mask, guidance)
         if self.uses_fast_inference():
             return self._sample_fast(cond, generator, noise, shape, known, known_mask)
         return sample(
@@ -106,6 +113,35 @@ class DiffusionPolicy(BasePolicy):
             device=cond.device,
             dtype=cond.dtype,
         )
+
+    def _sample_guided(
+        self,
+        cond: torch.Tensor,
+        generator: torch.Generator | None,
+        noise: torch.Tensor | None,
+        shape: tuple[int, ...] | None,
+        known: torch.Tensor | None,
+        known_mask: torch.Tensor | None,
+        guidance: float,
+    ) -> torch.Tensor:
+        """`sample_chunk` with the prefix held by guidance; draws the same initial noise as the other paths."""
+        if known is None or known_mask is None:
+            raise ValueError(f"guidance={guidance} needs known values and a mask to guide towards")
+        if not isinstance(self.inference_scheduler, DDIMScheduler):
+            raise ValueError(f"prefix guidance needs the 'ddim' inference scheduler; this policy uses "
+                             f"{self.config.inference_scheduler!r}")
+        if noise is None:
+            noise = torch.randn(shape, generator=generator, device=cond.device, dtype=cond.dtype)
+        plan = self._plan()
+        return plan.sample_guided(lambda x, i: self.network(x, plan.timesteps[i], cond), noise, known,
+                                  known_mask.to(noise.dtype), guidance)
+
+    def _plan(self) -> DDIMPlan:
+        """The DDIM plan of `num_inference_steps`, made again when the step count changes."""
+        steps = self.config.num_inference_steps
+        if self._ddim_plan is None or len(self._ddim_plan) != steps:
+            self._ddim_plan = DDIMPlan(self.inference_scheduler, steps)
+        return self._ddim_plan
 
     def _sample_fast(
         self,
@@ -122,13 +158,11 @@ class DiffusionPolicy(BasePolicy):
         frozen = self.frozen_network()
         steps = self.config.num_inference_steps
         if isinstance(self.inference_scheduler, DDIMScheduler):
-            if self._ddim_plan is None or len(self._ddim_plan) != steps:
-                self._ddim_plan = DDIMPlan(self.inference_scheduler, steps)
+            plan = self._plan()
             if known is None and cond.device.type == "cuda":
                 return self._graphed_chunk(frozen, cond, noise)
-            film = frozen.film(cond, self._ddim_plan.timesteps)
-            return self._ddim_plan.sample(lambda x, i: frozen.denoise(x, film, i), noise, known, known_mask,
-                                          generator)
+            film = frozen.film(cond, plan.timesteps)
+            return plan.sample(lambda x, i: frozen.denoise(x, film, i), noise, known, known_mask, generator)
         return sample(
             lambda x, t: frozen.denoise(x, frozen.film(cond, t.reshape(1)), 0),
             self.inference_scheduler,

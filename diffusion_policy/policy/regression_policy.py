@@ -45,6 +45,7 @@ class RegressionPolicy(BasePolicy):
         noise: torch.Tensor | None,
         known: torch.Tensor | None = None,
         known_mask: torch.Tensor | None = None,
+        guidance: float | None = None,
     ) -> torch.Tensor:
         """cond `(B, Dc)` -> chunk `(B, T, Da)`; deterministic, so `generator` and `noise` are unused.
 
