@@ -35,11 +35,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--episodes", type=int, default=25)
     parser.add_argument("--seed", type=int, default=100_000)
     parser.add_argument("--transitions", nargs="+", default=["replace", "rtc_inpaint", "rtc_soft", "ensemble"],
-                        help=f"any of {run_robot.TRANSITIONS}; rtc_soft:N and rtc_guided:N hold only N planned "
-                        "actions after the held ones softly (run_robot.py --soft-steps N)")
+                        help=f"any of {run_robot.TRANSITIONS}; rtc_soft:N, rtc_guided:N and rtc_select:N hold only N "
+                        "planned actions after the held ones softly (run_robot.py --soft-steps N)")
     parser.add_argument("--virtual-latency-ms", type=float, help="run in virtual time with this latency")
     parser.add_argument("--margin", type=int, help="real-time chunking's extra held ticks (run_robot.py --margin)")
     parser.add_argument("--guidance", type=float, help="rtc_guided's clip of the guidance weight")
+    parser.add_argument("--candidates", type=int, help="rtc_select's number of sampled chunks")
     parser.add_argument("--skip-offline", action="store_true", help="do not evaluate the policy offline")
     parser.add_argument("--time-scale", type=float, default=1.0)
     parser.add_argument("--inference", default="auto")
@@ -83,8 +84,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     rows = {} if args.skip_offline else {"offline (evaluate_policy)": offline(args)}
     print(rows)
-    passed = [flag for name in ("virtual_latency_ms", "margin", "guidance") if getattr(args, name) is not None
-              for flag in ("--" + name.replace("_", "-"), str(getattr(args, name)))]
+    passed = [flag for name in ("virtual_latency_ms", "margin", "guidance", "candidates")
+              if getattr(args, name) is not None for flag in ("--" + name.replace("_", "-"), str(getattr(args, name)))]
     for mode in args.transitions:
         transition, _, steps = mode.partition(":")
         rows[mode] = run_robot.main(

@@ -58,6 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "after the held ones softly (default: the whole rest of the plan)")
     parser.add_argument("--guidance", type=float, default=ControllerConfig.rtc_guidance,
                         help="rtc_guided: clip of the guidance weight")
+    parser.add_argument("--candidates", type=int, default=ControllerConfig.rtc_candidates,
+                        help="rtc_select: chunks sampled to choose from")
     parser.add_argument("--margin", type=int, default=ControllerConfig.rtc_margin,
                         help="real-time chunking: extra ticks held beyond the recent maximum latency")
     parser.add_argument("--virtual-latency-ms", type=float, help="run in virtual time, every chunk arriving this "
@@ -118,6 +120,7 @@ def _free_port() -> int:
 def run_episode(predictor: ChunkPredictor, args: argparse.Namespace, seed: int) -> tuple[RunLog, dict]:
     config = ControllerConfig(rate_hz=TASK_HZ * args.time_scale, transition=args.transition,
                               rtc_soft_steps=args.soft_steps, rtc_guidance=args.guidance, rtc_margin=args.margin,
+                              rtc_candidates=args.candidates,
                               request_threshold=args.threshold, max_ticks=args.max_steps, seed=seed,
                               record_obs_key="agent_pos", safety=SafetyConfig(max_delta=args.max_delta))
     if args.virtual_latency_ms is None:

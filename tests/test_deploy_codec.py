@@ -126,6 +126,7 @@ def test_request_round_trip():
         prefix_weights=np.linspace(1, 0, 5, dtype=np.float32),
         seed=np.int64(42),
         prefix_guidance=np.float32(5.0),
+        candidates=np.int64(4),
     )
     header, arrays = pack_request(request)
     assert sorted(arrays) == ["obs/agent_pos", "obs/image", "prefix", "prefix_weights"]
@@ -133,6 +134,7 @@ def test_request_round_trip():
     back = unpack_request(decoded_header, decoded)
     assert back.seed == 42 and type(back.seed) is int
     assert back.prefix_guidance == 5.0 and type(back.prefix_guidance) is float
+    assert back.candidates == 4 and type(back.candidates) is int
     assert sorted(back.obs) == ["agent_pos", "image"]
     for key in request.obs:
         np.testing.assert_array_equal(back.obs[key], request.obs[key])
@@ -144,7 +146,7 @@ def test_request_without_prefix_or_seed():
     header, arrays = pack_request(ChunkRequest({"x": np.zeros((2, 1), np.float32)}))
     back = unpack_request(*decode(frames_of(header, arrays), MAX))
     assert back.prefix is None and back.prefix_weights is None and back.seed is None
-    assert back.prefix_guidance is None
+    assert back.prefix_guidance is None and back.candidates == 1
 
 
 @pytest.mark.parametrize("seed", [1.5, "7", True])
@@ -160,5 +162,9 @@ def test_unpack_refuses_unknown_arrays_and_bad_seed():
         unpack_request({"seed": "3"}, {})
     with pytest.raises(CodecError, match="'prefix_guidance' is '5'"):
         unpack_request({"prefix_guidance": "5"}, {})
+    with pytest.raises(CodecError, match="'candidates' is 2.0"):
+        unpack_request({"candidates": 2.0}, {})
+    with pytest.raises(CodecError, match="candidates='4'"):
+        pack_request(ChunkRequest({"x": np.zeros((2, 1))}, candidates="4"))
     with pytest.raises(CodecError, match="prefix_guidance=True"):
         pack_request(ChunkRequest({"x": np.zeros((2, 1))}, prefix_guidance=True))

@@ -176,6 +176,8 @@ def test_config_errors_name_the_value():
         SafetyConfig(max_delta=0.0)
     with pytest.raises(ValueError, match="rtc_guidance=0"):
         ControllerConfig(rtc_guidance=0)
+    with pytest.raises(ValueError, match="rtc_candidates=0"):
+        ControllerConfig(rtc_candidates=0)
     with pytest.raises(ValueError, match="rtc_soft_steps=-1"):
         ControllerConfig(rtc_soft_steps=-1)
 

@@ -10,7 +10,7 @@ from diffusion_policy.deploy.predictor import ChunkRequest, PolicySpec
 from diffusion_policy.deploy.run_log import RunLog, boundary_measurements
 from diffusion_policy.deploy.safety import SafetyConfig, SafetyFilter
 from diffusion_policy.deploy.sim_robot import MujocoSimRobot
-from diffusion_policy.deploy.transitions import ActionSchedule, rtc_prefix, soft_mask_weights
+from diffusion_policy.deploy.transitions import ActionSchedule, coherence_cost, rtc_prefix, soft_mask_weights
 from envs import PUSHT_ID
 
 
@@ -169,3 +169,28 @@ def test_spec_checks_the_prefix_and_its_guidance():
             spec.check_request(ChunkRequest(obs, prefix, weights, prefix_guidance=bad))
     with pytest.raises(ValueError, match=r"prefix_weights must lie in \[0, 1\]"):
         spec.check_request(ChunkRequest(obs, prefix, np.full(3, 1.5)))
+
+
+def test_coherence_cost_weighs_only_the_softly_held_rows():
+    prefix = np.array([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0]])
+    weights = np.array([1.0, 0.5, 0.25])
+    chunks = np.zeros((3, 4, 2))
+    chunks[0, :3] = prefix  # continues the prefix exactly
+    chunks[1, :3] = prefix + [[9.0, 0.0], [0.0, 2.0], [0.0, 0.0]]  # off on the hard row (ignored) and row 1
+    chunks[2, :3] = prefix + [[0.0, 0.0], [0.0, 0.0], [0.0, 4.0]]  # off on row 2 only
+    np.testing.assert_allclose(coherence_cost(chunks, prefix, weights), [0.0, 0.5 * 4, 0.25 * 16])
+    with pytest.raises(ValueError, match=r"do not fit"):
+        coherence_cost(chunks, prefix, np.ones(2))
+
+
+def test_spec_checks_candidates():
+    spec = PolicySpec({"x": (1,)}, action_dim=2, n_obs_steps=2, horizon=8, n_action_steps=4)
+    obs, prefix, weights = {"x": np.zeros((2, 1))}, np.zeros((3, 2)), np.ones(3)
+    spec.check_request(ChunkRequest(obs, prefix, weights, candidates=8))
+    for bad in (0, 65, 2.0, True):
+        with pytest.raises(ValueError, match=f"candidates={bad!r}"):
+            spec.check_request(ChunkRequest(obs, prefix, weights, candidates=bad))
+    with pytest.raises(ValueError, match="without a prefix"):
+        spec.check_request(ChunkRequest(obs, candidates=4))
+    with pytest.raises(ValueError, match="exclude each other"):
+        spec.check_request(ChunkRequest(obs, prefix, weights, prefix_guidance=5.0, candidates=4))

@@ -114,7 +114,9 @@ def test_virtual_runs_are_deterministic_and_pass_rtc_guidance():
     np.testing.assert_array_equal(requests[-1].prefix_weights[:3], 1.0)
     assert len(requests[-1].prefix_weights) == 6 and 0 < requests[-1].prefix_weights[3] < 1
     soft = virtual_run(0.07, transition="rtc_soft")[2].calls[1:]
-    assert all(r.prefix_guidance is None for r in soft)
+    assert all(r.prefix_guidance is None and r.candidates == 1 for r in soft)
+    select = virtual_run(0.07, transition="rtc_select", rtc_candidates=5)[2].calls[1:]
+    assert select and all(r.candidates == 5 and r.prefix_guidance is None for r in select)
 
 
 def test_a_policy_exception_in_virtual_time_holds_then_stops():

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from diffusion_policy.core.ddim_plan import DDIMPlan
 from diffusion_policy.core.sampling import sample
 from diffusion_policy.core.schedulers import SchedulerConfig, make_scheduler
+from diffusion_policy.deploy.predictor import ChunkRequest, LocalPredictor
+from diffusion_policy.deploy.transitions import coherence_cost
 from diffusion_policy.policy import DiffusionPolicy, RegressionPolicy, RegressionPolicyConfig
 from tests.test_policy import normalizer, observation, small_config
 
@@ -162,3 +165,23 @@ def test_guidance_errors_in_the_policy():
     with pytest.raises(ValueError, match="needs the 'ddim' inference scheduler; this policy uses 'ddpm'"):
         ddpm.predict_action(observation(), prefix=torch.zeros(3, 2, 2), prefix_weights=torch.ones(2),
                             prefix_guidance=5.0)
+
+
+def test_local_predictor_keeps_the_candidate_that_best_continues_the_soft_prefix():
+    torch.manual_seed(0)
+    policy = DiffusionPolicy(small_config(), normalizer()).eval()
+    predictor = LocalPredictor(policy)
+    obs = {k: v[0].numpy() for k, v in observation(batch=1).items()}
+    prefix = np.array([[1.0, 2.0], [1.5, 2.5], [2.0, 3.0], [2.5, 3.5]], dtype=np.float32)
+    weights = np.array([1.0, 1.0, 0.5, 0.2], dtype=np.float32)
+    chosen = predictor.predict(ChunkRequest(obs, prefix, weights, seed=3, candidates=6))
+    batch = {k: torch.as_tensor(np.repeat(v[None], 6, axis=0)) for k, v in obs.items()}
+    every = policy.predict_action(batch, generator=torch.Generator().manual_seed(3),
+                                  prefix=torch.as_tensor(prefix).expand(6, 4, 2),
+                                  prefix_weights=torch.tensor([1.0, 1.0, 0.0, 0.0]))["action_pred"].numpy()
+    costs = coherence_cost(every, prefix, weights)
+    np.testing.assert_allclose(chosen, every[int(np.argmin(costs))], atol=1e-6)
+    assert costs.min() < np.median(costs)  # the choice matters: the candidates differ
+    np.testing.assert_allclose(chosen[:2], prefix[:2], atol=1e-5)
+    single = predictor.predict(ChunkRequest(obs, prefix, weights, seed=3))
+    assert not np.allclose(single, chosen)  # one candidate: the soft rows are inpainted instead

@@ -15,8 +15,8 @@ types); the bytes are C-order and little-endian, exactly `prod(shape) * itemsize
 evaluated, so a hostile peer can at worst be refused with a `CodecError`.
 
 A `ChunkRequest` travels as arrays `obs/<key>` `(To, *shape)`, optional `prefix` `(P, Da)` and
-`prefix_weights` `(P,)`, and the header fields `seed` (int or null) and `prefix_guidance` (number
-or null).
+`prefix_weights` `(P,)`, and the header fields `seed` (int or null), `prefix_guidance` (number or
+null) and `candidates` (int).
 """
 
 from __future__ import annotations
@@ -139,7 +139,8 @@ def _parse_table(table: Any) -> list[tuple[str, np.dtype, tuple[int, ...]]]:
 
 
 def pack_request(request: ChunkRequest) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """ChunkRequest -> (header fields `{"seed", "prefix_guidance"}`, arrays `obs/<key>`, `prefix`, `prefix_weights`)."""
+    """ChunkRequest -> (header fields `seed`, `prefix_guidance`, `candidates`; arrays `obs/<key>`, `prefix`,
+    `prefix_weights`)."""
     seed = request.seed
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
         raise CodecError(f"seed={request.seed!r} must be an integer or None")
@@ -150,8 +151,11 @@ def pack_request(request: ChunkRequest) -> tuple[dict[str, Any], dict[str, np.nd
     guidance = request.prefix_guidance
     if guidance is not None and (isinstance(guidance, bool) or not isinstance(guidance, (int, float, np.floating))):
         raise CodecError(f"prefix_guidance={guidance!r} must be a number or None")
+    candidates = request.candidates
+    if isinstance(candidates, bool) or not isinstance(candidates, (int, np.integer)):
+        raise CodecError(f"candidates={candidates!r} must be an integer")
     return {"seed": None if seed is None else int(seed),
-            "prefix_guidance": None if guidance is None else float(guidance)}, arrays
+            "prefix_guidance": None if guidance is None else float(guidance), "candidates": int(candidates)}, arrays
 
 
 def unpack_request(header: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> ChunkRequest:
@@ -162,10 +166,13 @@ def unpack_request(header: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) 
     guidance = header.get("prefix_guidance")
     if guidance is not None and type(guidance) not in (int, float):
         raise CodecError(f"header field 'prefix_guidance' is {guidance!r}; expected a number or null")
+    candidates = header.get("candidates", 1)
+    if type(candidates) is not int:
+        raise CodecError(f"header field 'candidates' is {candidates!r}; expected an integer")
     obs = {}
     for name, value in arrays.items():
         if name.startswith(OBS_PREFIX):
             obs[name[len(OBS_PREFIX):]] = value
         elif name not in REQUEST_ARRAYS:
             raise CodecError(f"request array {name!r} is neither 'obs/<key>' nor one of {REQUEST_ARRAYS}")
-    return ChunkRequest(obs, arrays.get("prefix"), arrays.get("prefix_weights"), seed, guidance)
+    return ChunkRequest(obs, arrays.get("prefix"), arrays.get("prefix_weights"), seed, guidance, candidates)

@@ -46,7 +46,8 @@ class ControllerConfig:
     rtc_margin` ticks, so a chunk that arrives late still starts on a committed action.
     rtc_soft_steps: how many planned actions after the held ones `rtc_soft` / `rtc_guided` hold with
     decaying weights (None: the whole rest of the plan; 0: none). rtc_guidance: `rtc_guided`'s clip
-    of the guidance weight (`DDIMPlan.sample_guided`)."""
+    of the guidance weight (`DDIMPlan.sample_guided`). rtc_candidates: how many chunks `rtc_select`
+    samples to choose from."""
 
     rate_hz: float = 10.0
     transition: str = "replace"
@@ -58,6 +59,7 @@ class ControllerConfig:
     rtc_margin: int = 1
     rtc_soft_steps: int | None = None
     rtc_guidance: float = 100.0
+    rtc_candidates: int = 4
     safety: SafetyConfig = field(default_factory=SafetyConfig)
 
     def __post_init__(self) -> None:
@@ -72,6 +74,8 @@ class ControllerConfig:
             raise ValueError(f"rtc_soft_steps={self.rtc_soft_steps} must be >= 0 (or None: the whole plan)")
         if not (math.isfinite(self.rtc_guidance) and self.rtc_guidance > 0):
             raise ValueError(f"rtc_guidance={self.rtc_guidance} must be a finite number > 0")
+        if self.rtc_candidates < 1:
+            raise ValueError(f"rtc_candidates={self.rtc_candidates} must be >= 1")
         if self.max_ticks is not None and self.max_ticks < 1:
             raise ValueError(f"max_ticks={self.max_ticks} must be >= 1")
 
@@ -193,14 +197,17 @@ class ControllerLoop:
         obs = {k: np.stack([frame[k] for frame in self.history]) for k in spec.obs_shapes}
         delay = math.ceil(max(self.latencies, default=0.0) / self.config.period) + self.config.rtc_margin
         prefix = weights = guidance = None
+        candidates = 1
         if self.config.transition.startswith("rtc"):
             held = rtc_prefix(list(self.sent), self.schedule, tick, delay, spec.horizon,
                               soft=self.config.transition in SOFT_TRANSITIONS, soft_steps=self.config.rtc_soft_steps)
             if held is not None:
                 prefix, weights = held
                 guidance = self.config.rtc_guidance if self.config.transition == "rtc_guided" else None
+                candidates = self.config.rtc_candidates if self.config.transition == "rtc_select" else 1
         seed = None if self.config.seed is None else self.config.seed + self._next_chunk
-        job = InferenceJob(self._next_chunk, tick, t_obs, ChunkRequest(obs, prefix, weights, seed, guidance), delay)
+        request = ChunkRequest(obs, prefix, weights, seed, guidance, candidates)
+        job = InferenceJob(self._next_chunk, tick, t_obs, request, delay)
         self._next_chunk += 1
         worker.submit(job)
 

@@ -15,8 +15,10 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from diffusion_policy.deploy.transitions import coherence_cost
 from diffusion_policy.policy.base import BasePolicy
 
+MAX_CANDIDATES = 64
 REAL_DTYPES = ("uint8", "int8", "int16", "int32", "int64", "float16", "float32", "float64")
 
 
@@ -73,9 +75,15 @@ class PolicySpec:
         if guidance is not None and (isinstance(guidance, bool) or not isinstance(guidance, (int, float))
                                      or not (math.isfinite(guidance) and guidance > 0)):
             raise ValueError(f"prefix_guidance={guidance!r} must be None or a finite number > 0")
+        candidates = request.candidates
+        if isinstance(candidates, bool) or not isinstance(candidates, (int, np.integer)) \
+                or not 1 <= candidates <= MAX_CANDIDATES:
+            raise ValueError(f"candidates={candidates!r} must be an integer in [1, {MAX_CANDIDATES}]")
+        if candidates > 1 and guidance is not None:
+            raise ValueError(f"candidates={candidates} and prefix_guidance={guidance} exclude each other")
         if request.prefix is None:
-            if request.prefix_weights is not None or guidance is not None:
-                raise ValueError("prefix_weights or prefix_guidance given without a prefix")
+            if request.prefix_weights is not None or guidance is not None or candidates > 1:
+                raise ValueError("prefix_weights, prefix_guidance or candidates > 1 given without a prefix")
             return
         prefix, weights = request.prefix, request.prefix_weights
         if prefix.ndim != 2 or not 1 <= prefix.shape[0] <= self.horizon or prefix.shape[1] != self.action_dim:
@@ -100,6 +108,8 @@ class ChunkRequest:
     seed: seeds the initial diffusion noise; None draws fresh noise.
     prefix_guidance: None holds the prefix by inpainting; a float > 0 by pseudoinverse guidance with
         the guidance weight clipped there (`BasePolicy.predict_action`).
+    candidates: with a prefix and K > 1, sample K chunks (the prefix's weight-1 rows inpainted) and
+        return the one that best continues its softly held rows (`transitions.coherence_cost`).
     """
 
     obs: dict[str, np.ndarray]
@@ -107,6 +117,7 @@ class ChunkRequest:
     prefix_weights: np.ndarray | None = None
     seed: int | None = None
     prefix_guidance: float | None = None
+    candidates: int = 1
 
 
 class ChunkPredictor(Protocol):
@@ -130,15 +141,21 @@ class LocalPredictor:
 
     def predict(self, request: ChunkRequest) -> np.ndarray:
         self.spec.check_request(request)
-        obs = {k: v[None] for k, v in request.obs.items() if k in self.spec.obs_shapes}
+        k = request.candidates
+        obs = {key: np.repeat(v[None], k, axis=0) for key, v in request.obs.items() if key in self.spec.obs_shapes}
         generator = torch.Generator().manual_seed(request.seed) if request.seed is not None else None
         prefix = weights = None
         if request.prefix is not None:
-            prefix = torch.as_tensor(request.prefix, dtype=torch.float32)[None]
+            prefix = torch.as_tensor(request.prefix, dtype=torch.float32).expand(k, *request.prefix.shape)
             weights = torch.as_tensor(request.prefix_weights, dtype=torch.float32)
+            if k > 1:  # candidates: inpaint the hard rows only; the soft rows choose among the samples
+                weights = (weights == 1).float()
         out = self.policy.predict_action(obs, generator=generator, prefix=prefix, prefix_weights=weights,
                                          prefix_guidance=request.prefix_guidance)
-        return out["action_pred"][0].to("cpu", torch.float32).numpy()
+        chunks = out["action_pred"].to("cpu", torch.float32).numpy()
+        if k == 1:
+            return chunks[0]
+        return chunks[int(np.argmin(coherence_cost(chunks, request.prefix, request.prefix_weights)))]
 
     def close(self) -> None:
         """Nothing to release for an in-process policy."""

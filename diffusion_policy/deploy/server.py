@@ -17,7 +17,7 @@ so the client can discard stale replies).
               "spec": PolicySpec.to_dict()}
              The client refuses to go on if `protocol_version` differs from its own. This exchange stays
              the same in every protocol version, so a mismatch is always reported, never misread.
-    predict  {"type": "predict", "id", "seed": int | null, "prefix_guidance": number | null}
+    predict  {"type": "predict", "id", "seed": int | null, "prefix_guidance": number | null, "candidates": int}
              + arrays `obs/<key>` (To, *shape), optional `prefix` (P, Da) and `prefix_weights` (P,)
          ->  {"type": "chunk", "id", "inference_s": float} + array `action` (T, Da) float32
              `inference_s` is the server's time inside `predictor.predict`.

@@ -7,15 +7,19 @@ ticks before `m` are skipped (their time has passed: latency compensation). Then
 - `replace`: the new chunk's actions overwrite the plan from tick `m` on.
 - `ensemble`: temporal ensembling (Zhao et al. 2023, ACT): every chunk that planned a tick votes,
   weighted `exp(-decay * i)` with `i = 0` for the oldest chunk.
-- `rtc_inpaint` / `rtc_soft` / `rtc_guided`: real-time chunking (after Black et al. 2025, "Real-Time Execution of
-  Action Chunking Flow Policies", for flow policies; here for diffusion). The next chunk is sampled
-  with its first actions held to the committed ones: the actions already executed (chunk indices
-  before `To - 1`) and those that will execute while it is computed (`delay` ticks), so they are
-  identical by construction and the new chunk continues them. `rtc_soft` also holds the rest of
-  the old plan softly, with weights decaying from 1 to 0 (the paper's exponential soft mask), applied
-  by soft-mask inpainting in the sampling loop. `rtc_guided` holds the same prefix by pseudoinverse
-  guidance, as the paper does (`DDIMPlan.sample_guided`: a backward pass through the network per
-  denoising step). The chunk then replaces the plan.
+- `rtc_inpaint` / `rtc_soft` / `rtc_guided` / `rtc_select`: real-time chunking (after Black et al.
+  2025, "Real-Time Execution of Action Chunking Flow Policies", for flow policies; here for
+  diffusion). The next chunk is sampled with its first actions held to the committed ones: the
+  actions already executed (chunk indices before `To - 1`) and those that will execute while it is
+  computed (`delay` ticks), so they are identical by construction and the new chunk continues them.
+  `rtc_soft` also holds the rest of the old plan softly, with weights decaying from 1 to 0 (the
+  paper's exponential soft mask), applied by soft-mask inpainting in the sampling loop. `rtc_guided`
+  holds the same prefix by pseudoinverse guidance, as the paper does (`DDIMPlan.sample_guided`: a
+  backward pass through the network per denoising step). `rtc_select` holds only the hard part by
+  inpainting, samples several chunks in one batch and keeps the one that best continues the soft
+  part (`coherence_cost`), the backward coherence criterion of bidirectional decoding (Liu et al.
+  2024): every candidate is a sample of the policy, so the soft part shapes the choice without
+  pulling any sample off the policy's distribution. The chunk then replaces the plan.
 """
 
 from __future__ import annotations
@@ -25,8 +29,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-TRANSITIONS = ("replace", "ensemble", "rtc_inpaint", "rtc_soft", "rtc_guided")
-SOFT_TRANSITIONS = ("rtc_soft", "rtc_guided")
+TRANSITIONS = ("replace", "ensemble", "rtc_inpaint", "rtc_soft", "rtc_guided", "rtc_select")
+SOFT_TRANSITIONS = ("rtc_soft", "rtc_guided", "rtc_select")
 
 
 def check_transition(transition: str) -> None:
@@ -88,6 +92,20 @@ def soft_mask_weights(n: int) -> np.ndarray:
     """`(n,)` weights decaying from near 1 to near 0: `c (e^c - 1) / (e - 1)` with `c` from 1 to 0 exclusive."""
     c = 1.0 - np.arange(1, n + 1) / (n + 1)
     return c * np.expm1(c) / math.expm1(1.0)
+
+
+def coherence_cost(chunks: np.ndarray, prefix: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """How far each candidate chunk `(K, T, Da)` strays from the prefix `(P, Da)`: `(K,)`.
+
+    `sum_i w_i |chunk_i - prefix_i|^2` over the prefix rows held softly (`0 < w_i < 1`); rows held
+    with weight 1 are inpainted, hence equal in every candidate, and left out.
+    """
+    if chunks.ndim != 3 or prefix.ndim != 2 or chunks.shape[2] != prefix.shape[1] or chunks.shape[1] < len(prefix) \
+            or weights.shape != prefix.shape[:1]:
+        raise ValueError(f"chunks {chunks.shape}, prefix {prefix.shape} and weights {weights.shape} do not fit: "
+                         "expected (K, T, Da), (P, Da) with P <= T and (P,)")
+    soft = np.where(weights < 1, weights, 0.0)
+    return (((chunks[:, : len(prefix)] - prefix) ** 2).sum(-1) * soft).sum(-1)
 
 
 def rtc_prefix(
