@@ -41,6 +41,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--margin", type=int, help="real-time chunking's extra held ticks (run_robot.py --margin)")
     parser.add_argument("--guidance", type=float, help="rtc_guided's clip of the guidance weight")
     parser.add_argument("--candidates", type=int, help="rtc_select's number of sampled chunks")
+    parser.add_argument("--threshold", type=int, help="request a chunk when this many actions remain "
+                        "(run_robot.py --threshold)")
     parser.add_argument("--skip-offline", action="store_true", help="do not evaluate the policy offline")
     parser.add_argument("--time-scale", type=float, default=1.0)
     parser.add_argument("--inference", default="auto")
@@ -84,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     rows = {} if args.skip_offline else {"offline (evaluate_policy)": offline(args)}
     print(rows)
-    passed = [flag for name in ("virtual_latency_ms", "margin", "guidance", "candidates")
+    passed = [flag for name in ("virtual_latency_ms", "margin", "guidance", "candidates", "threshold")
               if getattr(args, name) is not None for flag in ("--" + name.replace("_", "-"), str(getattr(args, name)))]
     for mode in args.transitions:
         transition, _, steps = mode.partition(":")

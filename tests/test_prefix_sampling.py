@@ -185,3 +185,49 @@ def test_local_predictor_keeps_the_candidate_that_best_continues_the_soft_prefix
     np.testing.assert_allclose(chosen[:2], prefix[:2], atol=1e-5)
     single = predictor.predict(ChunkRequest(obs, prefix, weights, seed=3))
     assert not np.allclose(single, chosen)  # one candidate: the soft rows are inpainted instead
+
+
+def test_training_time_prefix_keeps_held_rows_clean_and_out_of_the_loss():
+    """With prefix_training_max the network reads one more channel marking a clean held prefix of
+    d ~ U{0..max} rows, and what it outputs on those rows does not count in the loss."""
+    torch.manual_seed(0)
+    policy = DiffusionPolicy(small_config(prefix_training_max=3), normalizer())
+    assert policy.network.input_dim == 3 and policy.network.action_dim == 2
+    seen = []
+
+    def spy(module, args):
+        seen.append(args[0].detach().clone())
+
+    policy.network.register_forward_pre_hook(spy)
+    action = torch.rand(64, 8, 2) * 5
+    policy.compute_loss({"obs": observation(64), "action": action})
+    x = seen[0]
+    held = x[..., 2:] == 1
+    counts = held[..., 0].sum(1)
+    assert set(counts.tolist()) == {0, 1, 2, 3}  # d ~ U{0..3}
+    assert (held[..., 0] == (torch.arange(8)[None] < counts[:, None])).all()  # a prefix, marked
+    clean = policy.normalizer.normalize("action", action)
+    torch.testing.assert_close(x[..., :2][held.expand(-1, -1, 2)], clean[held.expand(-1, -1, 2)])
+    batch = {"obs": observation(64), "action": action}
+    torch.manual_seed(5)
+    loss = policy.compute_loss(batch)
+    policy.network.register_forward_hook(lambda module, args, out: out + 1e6 * args[0][..., 2:])
+    torch.manual_seed(5)
+    assert policy.compute_loss(batch).item() == pytest.approx(loss.item(), rel=1e-6)
+
+
+def test_training_time_prefix_is_read_at_inference_on_every_path():
+    torch.manual_seed(0)
+    policy = DiffusionPolicy(small_config(prefix_training_max=3), normalizer()).eval()
+    prefix, weights = torch.full((3, 2, 2), 2.0), torch.ones(2)
+    runs = {}
+    for mode in ("eager", "fast"):
+        policy.inference = mode
+        runs[mode] = policy.predict_action(observation(), generator=torch.Generator().manual_seed(1),
+                                           prefix=prefix, prefix_weights=weights)["action_pred"]
+        torch.testing.assert_close(runs[mode][:, :2], prefix, rtol=0, atol=1e-5)
+    torch.testing.assert_close(runs["fast"], runs["eager"], rtol=0, atol=0.1)
+    plain = policy.predict_action(observation(), generator=torch.Generator().manual_seed(1))["action_pred"]
+    assert plain.shape == (3, 8, 2) and not torch.allclose(plain[:, 2:], runs["eager"][:, 2:])
+    with pytest.raises(ValueError, match="prefix_training_max=8 must be in"):
+        small_config(prefix_training_max=8)

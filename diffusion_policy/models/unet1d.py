@@ -85,19 +85,25 @@ class ConditionalResidualBlock1D(nn.Module):
 
 
 class ConditionalUnet1D(nn.Module):
-    """Denoiser over action chunks: ``(sample (B, T, Da), timestep, global_cond (B, Dc)) -> (B, T, Da)``.
+    """Denoiser over action chunks: ``(sample (B, T, Din), timestep, global_cond (B, Dc)) -> (B, T, Da)``.
 
-    ``T`` must be divisible by :attr:`horizon_multiple` because every encoder level but the last
-    halves the time axis.
+    ``Din = input_dim`` is ``Da`` (the default) or more: extra per-step input channels, such as the
+    mark of actions held clean by training-time real-time chunking. ``T`` must be divisible by
+    :attr:`horizon_multiple` because every encoder level but the last halves the time axis.
     """
 
     def __init__(
-        self, action_dim: int, global_cond_dim: int, config: UNet1DConfig | None = None
+        self, action_dim: int, global_cond_dim: int, config: UNet1DConfig | None = None,
+        input_dim: int | None = None,
     ) -> None:
         super().__init__()
         config = config if config is not None else UNet1DConfig()
         if action_dim < 1:
             raise ValueError(f"{action_dim=} must be >= 1")
+        input_dim = action_dim if input_dim is None else input_dim
+        if input_dim < action_dim:
+            raise ValueError(f"{input_dim=} must be >= action_dim={action_dim}")
+        self.input_dim = input_dim
         if global_cond_dim < 0:
             raise ValueError(f"{global_cond_dim=} must be >= 0")
         self.action_dim = action_dim
@@ -111,7 +117,7 @@ class ConditionalUnet1D(nn.Module):
         def res(cin: int, cout: int) -> ConditionalResidualBlock1D:
             return ConditionalResidualBlock1D(cin, cout, cond_dim, config)
 
-        dims = (action_dim, *config.down_dims)
+        dims = (input_dim, *config.down_dims)
         pairs = list(zip(dims[:-1], dims[1:]))
         self.down = nn.ModuleList()
         for i, (cin, cout) in enumerate(pairs):
@@ -139,7 +145,7 @@ class ConditionalUnet1D(nn.Module):
         """Predict the model output for a noisy action chunk.
 
         Args:
-            sample: noisy actions ``(B, T, Da)``.
+            sample: noisy actions ``(B, T, Din)`` (plus any extra input channels).
             timestep: diffusion step, a python int, a 0-d tensor or a ``(B,)`` tensor.
             global_cond: condition ``(B, Dc)``; may be None only when ``global_cond_dim == 0``.
 
@@ -171,9 +177,9 @@ class ConditionalUnet1D(nn.Module):
         return self.final(x).transpose(1, 2)
 
     def _check_inputs(self, sample: Tensor, global_cond: Tensor | None) -> None:
-        if sample.ndim != 3 or sample.shape[-1] != self.action_dim:
+        if sample.ndim != 3 or sample.shape[-1] != self.input_dim:
             raise ValueError(
-                f"sample must have shape (B, T, {self.action_dim}), got {tuple(sample.shape)}"
+                f"sample must have shape (B, T, {self.input_dim}), got {tuple(sample.shape)}"
             )
         horizon = sample.shape[1]
         if horizon % self.horizon_multiple != 0:

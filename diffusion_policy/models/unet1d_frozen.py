@@ -143,6 +143,7 @@ class FrozenUnet1D:
     def __init__(self, network: ConditionalUnet1D, dtype: torch.dtype = torch.bfloat16) -> None:
         self.dtype = dtype
         self.action_dim = network.action_dim
+        self.input_dim = network.input_dim
         self.global_cond_dim = network.global_cond_dim
         self.horizon_multiple = network.horizon_multiple
         self._step_embedding = network.step_embedding
@@ -189,9 +190,9 @@ class FrozenUnet1D:
 
     @torch.no_grad()
     def denoise(self, sample: Tensor, film: list[Tensor], index: int) -> Tensor:
-        """Model output ``(B, T, Da)`` for ``sample`` ``(B, T, Da)`` at step ``index`` of ``film``."""
-        if sample.ndim != 3 or sample.shape[-1] != self.action_dim or sample.shape[1] % self.horizon_multiple:
-            raise ValueError(f"sample must be (B, T, {self.action_dim}) with T divisible by "
+        """Model output ``(B, T, Da)`` for ``sample`` ``(B, T, Din)`` at step ``index`` of ``film``."""
+        if sample.ndim != 3 or sample.shape[-1] != self.input_dim or sample.shape[1] % self.horizon_multiple:
+            raise ValueError(f"sample must be (B, T, {self.input_dim}) with T divisible by "
                              f"{self.horizon_multiple}, got {tuple(sample.shape)}")
         vectors = iter(f[index] for f in film)
         x = sample.transpose(1, 2).float()

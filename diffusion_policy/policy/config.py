@@ -68,12 +68,21 @@ class PolicyConfig:
 
 @dataclass
 class DiffusionPolicyConfig(PolicyConfig):
-    """A conditional 1-D U-Net denoising action chunks; trained with DDPM, sampled with any scheduler."""
+    """A conditional 1-D U-Net denoising action chunks; trained with DDPM, sampled with any scheduler.
+
+    prefix_training_max: training-time real-time chunking (after Black, Ren, Equi and Levine 2025,
+    "Training-Time Action Conditioning for Efficient Real-Time Chunking", arXiv 2512.05964). Each
+    training chunk keeps its first d ~ U{0..prefix_training_max} actions clean, marked by an extra
+    input channel of the network, with no loss on them; the policy learns to continue a held prefix
+    by itself, at no cost at inference. Set it to at least the rows real-time chunking holds
+    (`To - 1 + delay`). 0 (default): off.
+    """
 
     network: UNet1DConfig = field(default_factory=UNet1DConfig)
     noise_scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     inference_scheduler: str = "ddim"
     num_inference_steps: int = 10
+    prefix_training_max: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -83,6 +92,8 @@ class DiffusionPolicyConfig(PolicyConfig):
                 f"horizon={self.horizon} must be divisible by 2**(len(down_dims)-1) = {multiple} "
                 f"(down_dims={list(self.network.down_dims)})"
             )
+        if not 0 <= self.prefix_training_max < self.horizon:
+            raise ValueError(f"prefix_training_max={self.prefix_training_max} must be in [0, horizon={self.horizon})")
         if self.inference_scheduler not in SCHEDULER_NAMES:
             raise ValueError(f"inference_scheduler={self.inference_scheduler!r} is not one of {SCHEDULER_NAMES}")
         if not 1 <= self.num_inference_steps <= self.noise_scheduler.num_train_timesteps:

@@ -43,7 +43,9 @@ class DiffusionPolicy(BasePolicy):
 
     def __init__(self, config: DiffusionPolicyConfig, normalizer: Normalizer):
         super().__init__(config, normalizer)
-        self.network = ConditionalUnet1D(config.action_dim, self.obs_encoder.output_dim, config.network)
+        held_channel = 1 if config.prefix_training_max else 0
+        self.network = ConditionalUnet1D(config.action_dim, self.obs_encoder.output_dim, config.network,
+                                         input_dim=config.action_dim + held_channel)
         self.train_scheduler = make_scheduler("ddpm", config.noise_scheduler)
         self.inference_scheduler = make_scheduler(config.inference_scheduler, config.noise_scheduler)
         self.inference = "auto"
@@ -80,7 +82,24 @@ class DiffusionPolicy(BasePolicy):
         t = torch.randint(0, steps, (action.shape[0],), device=action.device)
         noisy = self.train_scheduler.add_noise(action, noise, t)
         target = training_target(self.train_scheduler, action, noise, t, self.config.noise_scheduler.prediction_type)
-        return F.mse_loss(self.network(noisy, t, cond), target)
+        if not self.config.prefix_training_max:
+            return F.mse_loss(self.network(noisy, t, cond), target)
+        # Training-time real-time chunking: the first d actions stay clean and marked, and carry no loss.
+        d = torch.randint(0, self.config.prefix_training_max + 1, (action.shape[0], 1, 1), device=action.device)
+        held = torch.arange(action.shape[1], device=action.device)[None, :, None] < d
+        out = self.network(self._network_input(noisy, action, held), t, cond)
+        free = (~held).to(out.dtype)
+        return (((out - target) ** 2) * free).sum() / (free.sum() * action.shape[-1]).clamp_min(1.0)
+
+    def _network_input(self, x: torch.Tensor, known: torch.Tensor | None, held: torch.Tensor | None) -> torch.Tensor:
+        """x `(B, T, Da)` as the network reads it: with training-time real-time chunking, the held rows
+        (bool `(B or 1, T, 1)`) replaced by the clean `known` and marked in an extra channel `(B, T, Da + 1)`."""
+        if not self.config.prefix_training_max:
+            return x
+        if known is None or held is None:
+            return torch.cat([x, x.new_zeros(*x.shape[:-1], 1)], dim=-1)
+        held = held.expand(x.shape[0], x.shape[1], 1)
+        return torch.cat([torch.where(held, known, x), held.to(x.dtype)], dim=-1)
 
     def sample_chunk(
         self,
@@ -97,12 +116,13 @@ class DiffusionPolicy(BasePolicy):
         guidance through the float32 network (`DDIMPlan.sample_guided`), which needs DDIM.
         """
         shape = None if noise is not None else (cond.shape[0], self.config.horizon, self.config.action_dim)
+        held = None if known_mask is None else known_mask >= 1
         if guidance is not None:
             return self._sample_guided(cond, generator, noise, shape, known, known_mask, guidance)
         if self.uses_fast_inference():
             return self._sample_fast(cond, generator, noise, shape, known, known_mask)
         return sample(
-            lambda x, t: self.network(x, t, cond),
+            lambda x, t: self.network(self._network_input(x, known, held), t, cond),
             self.inference_scheduler,
             self.config.num_inference_steps,
             shape=shape,
@@ -132,9 +152,12 @@ class DiffusionPolicy(BasePolicy):
                              f"{self.config.inference_scheduler!r}")
         if noise is None:
             noise = torch.randn(shape, generator=generator, device=cond.device, dtype=cond.dtype)
-        plan = self._plan()
-        return plan.sample_guided(lambda x, i: self.network(x, plan.timesteps[i], cond), noise, known,
-                                  known_mask.to(noise.dtype), guidance)
+        plan, held = self._plan(), known_mask >= 1
+
+        def denoiser(x: torch.Tensor, i: int) -> torch.Tensor:
+            return self.network(self._network_input(x, known, held), plan.timesteps[i], cond)
+
+        return plan.sample_guided(denoiser, noise, known, known_mask.to(noise.dtype), guidance)
 
     def _plan(self) -> DDIMPlan:
         """The DDIM plan of `num_inference_steps`, made again when the step count changes."""
@@ -157,14 +180,16 @@ class DiffusionPolicy(BasePolicy):
             noise = torch.randn(shape, generator=generator, device=cond.device, dtype=cond.dtype)
         frozen = self.frozen_network()
         steps = self.config.num_inference_steps
+        held = None if known_mask is None else known_mask >= 1
         if isinstance(self.inference_scheduler, DDIMScheduler):
             plan = self._plan()
-            if known is None and cond.device.type == "cuda":
+            if known is None and cond.device.type == "cuda" and not self.config.prefix_training_max:
                 return self._graphed_chunk(frozen, cond, noise)
             film = frozen.film(cond, plan.timesteps)
-            return plan.sample(lambda x, i: frozen.denoise(x, film, i), noise, known, known_mask, generator)
+            return plan.sample(lambda x, i: frozen.denoise(self._network_input(x, known, held), film, i), noise,
+                               known, known_mask, generator)
         return sample(
-            lambda x, t: frozen.denoise(x, frozen.film(cond, t.reshape(1)), 0),
+            lambda x, t: frozen.denoise(self._network_input(x, known, held), frozen.film(cond, t.reshape(1)), 0),
             self.inference_scheduler,
             steps,
             noise=noise,
