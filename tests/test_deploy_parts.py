@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from diffusion_policy.deploy.plot import plot_commands
+from diffusion_policy.deploy.plot import plot_commands, plot_transition_tradeoff
 from diffusion_policy.deploy.predictor import ChunkRequest, PolicySpec
 from diffusion_policy.deploy.run_log import RunLog, boundary_measurements
 from diffusion_policy.deploy.safety import SafetyConfig, SafetyFilter
@@ -194,3 +194,29 @@ def test_spec_checks_candidates():
         spec.check_request(ChunkRequest(obs, candidates=4))
     with pytest.raises(ValueError, match="exclude each other"):
         spec.check_request(ChunkRequest(obs, prefix, weights, prefix_guidance=5.0, candidates=4))
+
+
+def test_transition_tradeoff_plot_and_its_script(tmp_path):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "plot_transitions.py"
+    spec = importlib.util.spec_from_file_location("plot_transitions", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    run = tmp_path / "run"
+    run.mkdir()
+    loop = {"boundaries": {"jump_mean": 20.0, "jump_max": 90.0}}
+    rows = {"offline (evaluate_policy)": {"success_rate": 0.5},
+            "replace": {"loop": loop, "episodes": [{"success": True}, {"success": False}]},
+            "rtc_soft:3": {"loop": {"boundaries": {"jump_mean": 10.0, "jump_max": 40.0}},
+                           "episodes": [{"success": False}] * 3}}
+    (run / "transitions.json").write_text(json.dumps(rows))
+    assert script.collect([f"{run}=70 ms"]) == {"70 ms: replace": (20.0, 90.0, 1, 2),
+                                                "70 ms: rtc_soft:3": (10.0, 40.0, 0, 3)}
+    assert script.main([str(run), "--out", str(tmp_path / "t.png")]).stat().st_size > 0
+    with pytest.raises(FileNotFoundError, match="compare_transitions.py"):
+        script.collect([str(tmp_path)])
+    with pytest.raises(ValueError, match="5 successes of 3 episodes"):
+        plot_transition_tradeoff({"x": (1.0, 2.0, 5, 3)}, tmp_path / "bad.png")

@@ -1,4 +1,5 @@
-"""Commanded vs executed actions of a controller run, with chunk boundaries and interventions marked."""
+"""Plots of controller runs: commanded vs executed actions (chunk boundaries and interventions marked),
+and success against boundary jump across chunk transitions."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from diffusion_policy.deploy.run_log import RunLog  # noqa: E402
+from diffusion_policy.eval.metrics import wilson_interval  # noqa: E402
 
 
 def plot_commands(log: RunLog, path: str | Path, observed_label: str = "executed") -> Path:
@@ -43,3 +45,36 @@ def plot_commands(log: RunLog, path: str | Path, observed_label: str = "executed
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_transition_tradeoff(points: dict[str, tuple[float, float, int, int]], path: str | Path,
+                             title: str = "chunk transitions") -> Path:
+    """Success against boundary jump, one point per run: `{label: (jump mean, jump max, successes, episodes)}`.
+
+    Two panels (mean and max jump on x), success rate on y with its 95% Wilson interval.
+    """
+    if not points:
+        raise ValueError("no points to plot")
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5.5), sharey=True)
+    for i, (label, (jump_mean, jump_max, wins, n)) in enumerate(points.items()):
+        if n < 1 or not 0 <= wins <= n:
+            raise ValueError(f"{label!r}: {wins} successes of {n} episodes")
+        rate, (low, high) = wins / n, wilson_interval(wins, n)
+        color = plt.cm.tab20(i % 20)
+        for ax, jump in zip(axes, (jump_mean, jump_max)):
+            ax.errorbar(jump, rate, yerr=[[rate - low], [high - rate]], fmt="o", color=color, capsize=3,
+                        label=label if ax is axes[0] else None)
+    axes[0].set_xlabel("boundary jump, mean (action units)")
+    axes[1].set_xlabel("boundary jump, max (action units)")
+    axes[0].set_ylabel("success rate (95% interval)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{title}: better is up and to the left")
+    fig.legend(loc="lower center", ncol=3, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.12 + 0.025 * (len(points) // 3), 1, 1))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+

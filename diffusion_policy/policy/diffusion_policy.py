@@ -35,7 +35,9 @@ class DiffusionPolicy(BasePolicy):
     loop and, for DDIM, the precomputed in-place :class:`DDIMPlan` (on CUDA the whole chunk replays as
     one :class:`GraphedChunk` CUDA graph, unless inpainting); `"auto"` (default) is fast on CPU,
     where it was measured (actions within ~1% of eager, closed-loop Push-T success unchanged), and
-    eager elsewhere. The snapshot is retaken whenever a weight changes.
+    eager elsewhere. The snapshot is retaken whenever a weight changes. A held prefix (real-time
+    chunking) is inpainted on either path, or guided through the float32 network (`guidance`); a
+    policy trained with `prefix_training_max` also reads it as clean, marked input rows.
     """
 
     kind = "diffusion"
@@ -91,14 +93,15 @@ class DiffusionPolicy(BasePolicy):
         free = (~held).to(out.dtype)
         return (((out - target) ** 2) * free).sum() / (free.sum() * action.shape[-1]).clamp_min(1.0)
 
-    def _network_input(self, x: torch.Tensor, known: torch.Tensor | None, held: torch.Tensor | None) -> torch.Tensor:
-        """x `(B, T, Da)` as the network reads it: with training-time real-time chunking, the held rows
-        (bool `(B or 1, T, 1)`) replaced by the clean `known` and marked in an extra channel `(B, T, Da + 1)`."""
+    def _network_input(self, x: torch.Tensor, known: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:
+        """x `(B, T, Da)` as the network reads it: with training-time real-time chunking, the rows held
+        with weight 1 by `mask` (`(B or 1, T, 1)`) replaced by the clean `known` and marked in an extra
+        channel: `(B, T, Da + 1)`."""
         if not self.config.prefix_training_max:
             return x
-        if known is None or held is None:
+        if known is None or mask is None:
             return torch.cat([x, x.new_zeros(*x.shape[:-1], 1)], dim=-1)
-        held = held.expand(x.shape[0], x.shape[1], 1)
+        held = (mask >= 1).expand(x.shape[0], x.shape[1], 1)
         return torch.cat([torch.where(held, known, x), held.to(x.dtype)], dim=-1)
 
     def sample_chunk(
@@ -115,47 +118,40 @@ class DiffusionPolicy(BasePolicy):
         Inpainting by default; with `guidance` (the clip of the guidance weight), pseudoinverse
         guidance through the float32 network (`DDIMPlan.sample_guided`), which needs DDIM.
         """
-        shape = None if noise is not None else (cond.shape[0], self.config.horizon, self.config.action_dim)
-        held = None if known_mask is None else known_mask >= 1
+        if guidance is None and not self.uses_fast_inference():
+            return sample(
+                lambda x, t: self.network(self._network_input(x, known, known_mask), t, cond),
+                self.inference_scheduler,
+                self.config.num_inference_steps,
+                shape=None if noise is not None else (cond.shape[0], self.config.horizon, self.config.action_dim),
+                noise=noise,
+                generator=generator,
+                known=known,
+                known_mask=known_mask,
+                device=cond.device,
+                dtype=cond.dtype,
+            )
+        if noise is None:  # the same draw as the eager path's
+            noise = torch.randn(cond.shape[0], self.config.horizon, self.config.action_dim, generator=generator,
+                                device=cond.device, dtype=cond.dtype)
         if guidance is not None:
-            return self._sample_guided(cond, generator, noise, shape, known, known_mask, guidance)
-        if self.uses_fast_inference():
-            return self._sample_fast(cond, generator, noise, shape, known, known_mask)
-        return sample(
-            lambda x, t: self.network(self._network_input(x, known, held), t, cond),
-            self.inference_scheduler,
-            self.config.num_inference_steps,
-            shape=shape,
-            noise=noise,
-            generator=generator,
-            known=known,
-            known_mask=known_mask,
-            device=cond.device,
-            dtype=cond.dtype,
-        )
+            return self._sample_guided(cond, noise, known, known_mask, guidance)
+        return self._sample_fast(cond, generator, noise, known, known_mask)
 
     def _sample_guided(
-        self,
-        cond: torch.Tensor,
-        generator: torch.Generator | None,
-        noise: torch.Tensor | None,
-        shape: tuple[int, ...] | None,
-        known: torch.Tensor | None,
-        known_mask: torch.Tensor | None,
+        self, cond: torch.Tensor, noise: torch.Tensor, known: torch.Tensor | None, known_mask: torch.Tensor | None,
         guidance: float,
     ) -> torch.Tensor:
-        """`sample_chunk` with the prefix held by guidance; draws the same initial noise as the other paths."""
+        """`sample_chunk` from `noise` with the prefix held by guidance through the float32 network."""
         if known is None or known_mask is None:
             raise ValueError(f"guidance={guidance} needs known values and a mask to guide towards")
         if not isinstance(self.inference_scheduler, DDIMScheduler):
             raise ValueError(f"prefix guidance needs the 'ddim' inference scheduler; this policy uses "
                              f"{self.config.inference_scheduler!r}")
-        if noise is None:
-            noise = torch.randn(shape, generator=generator, device=cond.device, dtype=cond.dtype)
-        plan, held = self._plan(), known_mask >= 1
+        plan = self._plan()
 
         def denoiser(x: torch.Tensor, i: int) -> torch.Tensor:
-            return self.network(self._network_input(x, known, held), plan.timesteps[i], cond)
+            return self.network(self._network_input(x, known, known_mask), plan.timesteps[i], cond)
 
         return plan.sample_guided(denoiser, noise, known, known_mask.to(noise.dtype), guidance)
 
@@ -167,29 +163,21 @@ class DiffusionPolicy(BasePolicy):
         return self._ddim_plan
 
     def _sample_fast(
-        self,
-        cond: torch.Tensor,
-        generator: torch.Generator | None,
-        noise: torch.Tensor | None,
-        shape: tuple[int, ...] | None,
-        known: torch.Tensor | None,
-        known_mask: torch.Tensor | None,
+        self, cond: torch.Tensor, generator: torch.Generator | None, noise: torch.Tensor,
+        known: torch.Tensor | None, known_mask: torch.Tensor | None,
     ) -> torch.Tensor:
-        """The fast path of `sample_chunk`; draws the same noise as the eager path."""
-        if noise is None:
-            noise = torch.randn(shape, generator=generator, device=cond.device, dtype=cond.dtype)
+        """The fast path of `sample_chunk` from `noise` (`generator` draws the inpainting noise)."""
         frozen = self.frozen_network()
         steps = self.config.num_inference_steps
-        held = None if known_mask is None else known_mask >= 1
         if isinstance(self.inference_scheduler, DDIMScheduler):
             plan = self._plan()
             if known is None and cond.device.type == "cuda" and not self.config.prefix_training_max:
                 return self._graphed_chunk(frozen, cond, noise)
             film = frozen.film(cond, plan.timesteps)
-            return plan.sample(lambda x, i: frozen.denoise(self._network_input(x, known, held), film, i), noise,
-                               known, known_mask, generator)
+            return plan.sample(lambda x, i: frozen.denoise(self._network_input(x, known, known_mask), film, i),
+                               noise, known, known_mask, generator)
         return sample(
-            lambda x, t: frozen.denoise(self._network_input(x, known, held), frozen.film(cond, t.reshape(1)), 0),
+            lambda x, t: frozen.denoise(self._network_input(x, known, known_mask), frozen.film(cond, t.reshape(1)), 0),
             self.inference_scheduler,
             steps,
             noise=noise,
