@@ -53,7 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--episodes", type=int, default=10, help="episodes to run, one after the other")
     parser.add_argument("--seed", type=int, default=100_000, help="episode i is reset with seed + i")
     parser.add_argument("--max-steps", type=int, default=300, help="control ticks per episode (Push-T: 300)")
-    parser.add_argument("--transition", choices=TRANSITIONS, default="rtc_inpaint", help="chunk transition")
+    parser.add_argument("--transition", choices=TRANSITIONS, default="replace", help="chunk transition (replace: the "
+                        "best success measured, docs/deploy.md)")
     parser.add_argument("--soft-steps", type=int, help="rtc_soft / rtc_guided: hold only this many planned actions "
                         "after the held ones softly (default: the whole rest of the plan)")
     parser.add_argument("--guidance", type=float, default=ControllerConfig.rtc_guidance,
