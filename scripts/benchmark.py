@@ -13,8 +13,13 @@ float32, as the original code and LeRobot run it.
 
 - `ddim10_chunk_b1` (Push-T state network, down_dims [256,512,1024], 65.8M parameters) and
   `ddim10_chunk_b1_image_net` (the image policy's U-Net, [512,1024,2048], ~255M): one 10-step DDIM
-  chunk at batch 1 through `predict_action`, eager vs `inference="fast"`, plus the largest
-  action difference between the two paths from the same noise (normalised units, range [-1, 1]).
+  chunk at batch 1 through `predict_action`: eager, the fast path with a bf16 snapshot (`fast_bf16`),
+  and `inference="fast"` as this CPU gets it (bf16 with native bf16, else float32; `fast_dtype`),
+  plus the largest action difference between eager and fast from the same noise (normalised units).
+  A CPU without native bf16 can be emulated on one that has it:
+
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python scripts/benchmark.py --cases ddim10_chunk_b1 \
+        --out benchmarks/cpu_avx2_emulated_chunk.json
 - `train_step_b64`, `train_step_b256`: loss + backward + gradient clipping + AdamW, eager (fp32,
   foreach AdamW, `clip_grad_norm_`) vs fast (the trainer with `mixed_precision=bf16`: bf16 autocast
   over the GEMM convolutions, `FusedAdamW` with the clipping folded in); samples/s. A third path,
@@ -52,6 +57,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils.data import DataLoader
 
+from diffusion_policy.core.cpu_features import native_bf16
 from diffusion_policy.core.cpu_malloc import keep_freed_memory
 from diffusion_policy.core.ema import EMA
 from diffusion_policy.core.fused_adamw import FusedAdamW
@@ -137,9 +143,12 @@ def chunk_case(down_dims: tuple[int, ...], obs_dim: int, device: torch.device, r
     plain = with_plain_convolutions(policy)
     plain.inference = "eager"
     policy.inference = "fast"
+    bf16 = copy.deepcopy(policy)
+    bf16.snapshot_dtype = torch.bfloat16
     obs = {"obs": batch_of(dataset, 1, device)["obs"]["obs"]}
-    result = side_by_side({"eager": lambda: plain.predict_action(obs), "fast": lambda: policy.predict_action(obs)},
-                          2, reps, sync)
+    result = side_by_side({"eager": lambda: plain.predict_action(obs), "fast_bf16": lambda: bf16.predict_action(obs),
+                           "fast": lambda: policy.predict_action(obs)}, 2, reps, sync)
+    result["fast_dtype"] = str(policy.frozen_network().dtype)
     noise = torch.randn(1, HORIZON, ACTION_DIM, device=device)
     with torch.no_grad():
         cond = policy.condition(obs)
@@ -328,6 +337,8 @@ def machine_info(device: torch.device) -> dict[str, object]:
         "torch": torch.__version__,
         "cpu": cpu,
         "cpu_count": os.cpu_count(),
+        "aten_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "native_bf16": native_bf16(),
         "torch_threads": torch.get_num_threads(),
         "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,

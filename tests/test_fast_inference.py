@@ -4,10 +4,14 @@ and the CUDA-graph chunk replays the fast path (its static-buffer code is checke
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
+import diffusion_policy.policy.diffusion_policy as policy_module
 from diffusion_policy.core.ddim_plan import DDIMPlan
 from diffusion_policy.core.schedulers import SchedulerConfig, make_scheduler
 from diffusion_policy.models.unet1d import ConditionalUnet1D, UNet1DConfig
@@ -167,3 +171,26 @@ def test_cuda_graph_replays_the_fast_path():
     eager = policy.predict_action(obs, generator=torch.Generator(device="cuda").manual_seed(3))["action_pred"]
     assert (fast - eager).abs().max() <= 0.05
     assert copy.deepcopy(policy)._graphed is None
+
+
+def test_snapshot_dtype_follows_the_cpu_and_can_be_overridden(monkeypatch):
+    torch.manual_seed(0)
+    policy = DiffusionPolicy(small_config(), normalizer()).eval()
+    for native, dtype in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(policy_module, "fast_dtype", lambda device, native=native: torch.bfloat16 if native
+                            else torch.float32)
+        assert policy.frozen_network().dtype == dtype  # retaken when the chosen dtype changes
+    policy.snapshot_dtype = torch.bfloat16
+    assert policy.frozen_network().dtype == torch.bfloat16
+    # Without native bf16 the fast path computes what the eager one does, up to float32 rounding.
+    policy.snapshot_dtype = None
+    eager, fast = predictions(policy, "eager"), predictions(policy, "fast")
+    assert torch.allclose(eager, fast, atol=1e-4)
+
+
+def test_native_bf16_is_off_for_an_avx2_build_of_aten():
+    code = "from diffusion_policy.core.cpu_features import native_bf16, fast_dtype; import torch; " \
+           "print(native_bf16(), fast_dtype(torch.device('cpu')))"
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "ATEN_CPU_CAPABILITY": "avx2"},
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "torch.float32"]

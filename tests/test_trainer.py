@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 
 import pytest
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+import diffusion_policy.core.trainer as trainer_module
 from diffusion_policy.core.run_logger import WandbConfig
 from diffusion_policy.core.trainer import Callback, Trainer, TrainerConfig, cosine_with_warmup
 
@@ -194,3 +196,13 @@ def test_fused_optimizer_with_folded_clipping_matches_adamw_with_clip_grad_norm(
             assert float(trainer.optimizer.last_grad_norm) > 0.05  # clipping was active
     for a, b in zip(runs[True], runs[False]):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_bf16_on_a_cpu_without_native_bf16_warns(tmp_path, monkeypatch):
+    monkeypatch.setattr(trainer_module, "native_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="without native bf16"):
+        make_trainer(tmp_path, max_steps=1, mixed_precision="bf16")
+    monkeypatch.setattr(trainer_module, "native_bf16", lambda: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make_trainer(tmp_path / "native", max_steps=1, mixed_precision="bf16")

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler
 
+from diffusion_policy.core.cpu_features import fast_dtype
 from diffusion_policy.core.ddim_plan import DDIMPlan
 from diffusion_policy.core.sampling import sample
 from diffusion_policy.core.schedulers import make_scheduler
@@ -31,9 +32,11 @@ class DiffusionPolicy(BasePolicy):
     (DDIM by default) over the same noise schedule.
 
     `inference` picks how chunks are sampled: `"eager"` runs the network as trained (float32);
-    `"fast"` runs a bf16 :class:`FrozenUnet1D` snapshot with the FiLM conditioning hoisted out of the
-    loop and, for DDIM, the precomputed in-place :class:`DDIMPlan` (on CUDA the whole chunk replays as
-    one :class:`GraphedChunk` CUDA graph, unless inpainting); `"auto"` (default) is fast on CPU,
+    `"fast"` runs a :class:`FrozenUnet1D` snapshot (bf16 on CUDA and on CPUs with native bf16, float32
+    on the others: `core.cpu_features.fast_dtype`; `snapshot_dtype` overrides it) with the FiLM
+    conditioning hoisted out of the loop and, for DDIM, the precomputed in-place :class:`DDIMPlan` (on
+    CUDA the whole chunk replays as one :class:`GraphedChunk` CUDA graph, unless inpainting);
+    `"auto"` (default) is fast on CPU,
     where it was measured (actions within ~1% of eager, closed-loop Push-T success unchanged), and
     eager elsewhere. The snapshot is retaken whenever a weight changes. A held prefix (real-time
     chunking) is inpainted on either path, or guided through the float32 network (`guidance`); a
@@ -51,6 +54,7 @@ class DiffusionPolicy(BasePolicy):
         self.train_scheduler = make_scheduler("ddpm", config.noise_scheduler)
         self.inference_scheduler = make_scheduler(config.inference_scheduler, config.noise_scheduler)
         self.inference = "auto"
+        self.snapshot_dtype: torch.dtype | None = None  # the fast path's weight dtype; None: `fast_dtype`
         self._frozen: tuple[tuple, FrozenUnet1D] | None = None
         self._ddim_plan: DDIMPlan | None = None
         self._graphed: tuple[tuple, GraphedChunk] | None = None
@@ -69,10 +73,11 @@ class DiffusionPolicy(BasePolicy):
         return self.inference == "fast" or (self.inference == "auto" and self.device.type == "cpu")
 
     def frozen_network(self) -> FrozenUnet1D:
-        """The bf16 snapshot of the network, retaken when any weight changed (in place or replaced)."""
-        key = tuple((p.device, p.data_ptr(), p._version) for p in self.network.parameters())
+        """The snapshot of the network in `fast_dtype`, retaken when any weight changed (in place or replaced)."""
+        dtype = self.snapshot_dtype or fast_dtype(self.device)
+        key = (dtype, *((p.device, p.data_ptr(), p._version) for p in self.network.parameters()))
         if self._frozen is None or self._frozen[0] != key:
-            self._frozen = (key, FrozenUnet1D(self.network))
+            self._frozen = (key, FrozenUnet1D(self.network, dtype))
         return self._frozen[1]
 
     def compute_loss(self, batch: Mapping[str, Any]) -> torch.Tensor:
