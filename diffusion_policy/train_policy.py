@@ -29,9 +29,12 @@ _CHUNKING_DEFAULTS = {
 
 @dataclass
 class DatasetConfig:
+    """`obs_keys`: dataset keys, or `{policy key: source}`; `action_key`: a key or a source
+    (`diffusion_policy.data.obs_mapping`)."""
+
     path: str
-    obs_keys: tuple[str, ...]
-    action_key: str = "action"
+    obs_keys: tuple[str, ...] | dict[str, Any]
+    action_key: str | dict[str, Any] = "action"
     val_ratio: float = 0.05
     max_train_episodes: int | None = None
     seed: int = 42
@@ -70,7 +73,8 @@ def build_policy(policy_cfg: Mapping[str, Any], dataset: SequenceDataset) -> Bas
     if kind not in POLICY_CLASSES:
         raise ValueError(f"policy kind={kind!r} is not one of {sorted(POLICY_CLASSES)}")
     cls = POLICY_CLASSES[kind]
-    options.update(obs_shapes=dataset.obs_shapes, action_dim=dataset.action_dim)
+    options.update(obs_shapes=dataset.obs_shapes, action_dim=dataset.action_dim,
+                   obs_mapping=None if dataset.mapping.is_identity else dataset.mapping.to_dict())
     config = from_dict(cls.config_class, options)
     return cls(config, dataset.fit_normalizer(config.normalizer_mode))
 

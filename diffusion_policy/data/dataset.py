@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from diffusion_policy.data.images import check_image_array, is_image_shape
+from diffusion_policy.data.mapped_array import MappedArray, materialize
 from diffusion_policy.data.normalizer import Normalizer
+from diffusion_policy.data.obs_mapping import ObsMapping, Source
 from diffusion_policy.data.replay_buffer import ReplayBuffer
 from diffusion_policy.data.sampler import SequenceSampler, split_episodes
 
@@ -20,17 +24,21 @@ class SequenceDataset(Dataset):
     """Windows of ``horizon`` steps over the training (or validation) episodes of a buffer.
 
     Item ``i`` is ``{"obs": {key: (To, ...)}, "action": float32 (T, Da)}`` with ``To = n_obs_steps``
-    and ``T = horizon``: a low-dim key is float32 ``(To, D)``, an image key (per-step ``(H, W, C)``,
+    and ``T = horizon``: a low-dim key is float32 ``(To, *shape)``, an image key (per-step ``(H, W, C)``,
     see :mod:`diffusion_policy.data.images`) stays uint8 ``(To, H, W, C)`` so the loader moves a
     quarter of the bytes; the policy scales it to [0, 1]. Windows are padded by repeating edge frames:
     ``pad_before = To - 1`` and ``pad_after = Ta - 1``. Values are returned unnormalised.
+
+    ``obs_keys`` lists the buffer keys the policy observes, or maps each policy key to its source in
+    the buffer, and ``action_key`` names (or maps) the action: see :mod:`diffusion_policy.data.obs_mapping`.
+    The resolved mapping is ``self.mapping``.
     """
 
     def __init__(
         self,
         buffer: ReplayBuffer,
-        obs_keys: Sequence[str],
-        action_key: str = "action",
+        obs_keys: Sequence[str] | Mapping[str, Any],
+        action_key: str | Mapping[str, Any] = "action",
         *,
         horizon: int,
         n_obs_steps: int,
@@ -39,48 +47,47 @@ class SequenceDataset(Dataset):
         seed: int = 42,
         max_train_episodes: int | None = None,
         in_memory: bool = True,
-        _episode_mask: np.ndarray | None = None,
     ) -> None:
-        """``in_memory`` copies the used keys of a Zarr-backed buffer to numpy (Zarr window reads are slow).
-
-        ``_episode_mask`` ``(n_episodes,)`` bool overrides which episodes are sampled (validation).
-        """
+        """``in_memory`` copies the mapped keys of a Zarr-backed buffer to numpy (Zarr window reads are slow)."""
         if n_obs_steps < 1 or horizon < n_obs_steps:
             raise ValueError(f"need 1 <= {n_obs_steps=} <= {horizon=}")
         if not 1 <= n_action_steps <= horizon:
             raise ValueError(f"need 1 <= {n_action_steps=} <= {horizon=}")
-        obs_keys = list(obs_keys)
-        if ACTION_KEY in obs_keys:
-            raise ValueError(f"obs key {ACTION_KEY!r} is reserved for the action in the normalizer")
-        keys = [*obs_keys, action_key]
-        for key in keys:
-            if key not in buffer:
-                raise KeyError(f"key {key!r} not in replay buffer; available keys: {buffer.keys()}")
-        if len(buffer[action_key].shape) != 2:
-            raise ValueError(f"action {action_key!r} must be (N, Da), got shape {buffer[action_key].shape}")
-        self.image_keys = [key for key in obs_keys if is_image_shape(buffer[key].shape[1:])]
+        where = str(buffer.path) if buffer.path is not None else "replay buffer"
+        self.mapping = ObsMapping.parse(obs_keys, action_key).resolve(
+            {key: buffer[key] for key in buffer.keys()}, where)
+        action_shape = self.mapping.action.out_shape(self.mapping.action.shape)
+        if len(action_shape) != 1:
+            raise ValueError(f"{where}: the action (dataset key {self.mapping.action.key!r}) must be (N, Da) per "
+                             f"step after mapping, got per-step shape {action_shape}")
+        sources = {**self.mapping.obs, ACTION_KEY: self.mapping.action}
+        n_steps = buffer.n_steps
+        on_disk = not all(isinstance(buffer[s.key], np.ndarray) for s in sources.values())
+        arrays: dict[str, Any] = {}
+        for name, source in sources.items():
+            mapped = MappedArray(buffer[source.key], source, f"{where}/data/{source.key}")
+            if in_memory and on_disk or not _is_plain(source):
+                arrays[name] = materialize(mapped, n_steps)
+            else:
+                arrays[name] = buffer[source.key]  # a snapshot: later appends stay unseen
+        self.obs_keys = list(self.mapping.obs)
+        self.obs_shapes = self.mapping.shapes()
+        self.image_keys = [key for key in self.obs_keys if is_image_shape(self.obs_shapes[key])]
         for key in self.image_keys:
-            check_image_array(key, buffer[key], leading=1)
-        on_disk = not all(isinstance(buffer[key], np.ndarray) for key in keys)
-        self._buffer = buffer.copy_to_memory(keys) if in_memory and on_disk else buffer
-        _check_finite(self._buffer, keys)
+            check_image_array(key, arrays[key], leading=1)
+        _check_finite(arrays, where)
 
-        self._params = dict(obs_keys=obs_keys, action_key=action_key, horizon=horizon,
-                            n_obs_steps=n_obs_steps, n_action_steps=n_action_steps, val_ratio=val_ratio,
-                            seed=seed, max_train_episodes=max_train_episodes)
         train_mask, val_mask = split_episodes(buffer.n_episodes, val_ratio, seed, max_train_episodes)
-        self._train_mask, self._val_mask = train_mask, val_mask
         self.train_episodes, self.val_episodes = np.flatnonzero(train_mask), np.flatnonzero(val_mask)
-        self.sampler = SequenceSampler(
-            buffer.episode_ends, horizon, pad_before=n_obs_steps - 1, pad_after=n_action_steps - 1,
-            episode_mask=train_mask if _episode_mask is None else _episode_mask,
-        )
-        self.obs_keys, self.action_key, self.n_obs_steps = obs_keys, action_key, n_obs_steps
-        self.obs_shapes = {key: tuple(self._buffer[key].shape[1:]) for key in obs_keys}
-        self.action_dim = int(self._buffer[action_key].shape[1])
-        self._arrays = {key: self._buffer[key] for key in keys}  # a snapshot: later appends stay unseen
-        self._episode_lengths = self._buffer.episode_lengths
-        self._first_k = {key: n_obs_steps for key in obs_keys}
+        self._train_mask, self._val_mask = train_mask, val_mask
+        self._episode_ends = buffer.episode_ends
+        self._pads = dict(pad_before=n_obs_steps - 1, pad_after=n_action_steps - 1)
+        self.sampler = SequenceSampler(self._episode_ends, horizon, episode_mask=train_mask, **self._pads)
+        self.n_obs_steps = n_obs_steps
+        self.action_dim = int(action_shape[0])
+        self._arrays = arrays
+        self._episode_lengths = buffer.episode_lengths
+        self._first_k = {key: n_obs_steps for key in self.obs_keys}
 
     def __len__(self) -> int:
         """Number of windows."""
@@ -89,14 +96,17 @@ class SequenceDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         """``{"obs": {key: Tensor (To, ...)}, "action": float32 Tensor (T, Da)}``; images uint8 ``(To, H, W, C)``."""
         window = self.sampler.sample(self._arrays, i, self._first_k)
-        action = torch.from_numpy(window.pop(self.action_key).astype(np.float32, copy=False))
+        action = torch.from_numpy(window.pop(ACTION_KEY).astype(np.float32, copy=False))
         obs = {key: torch.from_numpy(x if key in self.image_keys else x.astype(np.float32, copy=False))
                for key, x in window.items()}
         return {"obs": obs, "action": action}
 
     def get_validation_dataset(self) -> SequenceDataset:
-        """The same windows over the validation episodes (empty when ``val_ratio == 0``)."""
-        return SequenceDataset(self._buffer, in_memory=False, _episode_mask=self._val_mask, **self._params)
+        """The same windows over the validation episodes (empty when ``val_ratio == 0``); shares the arrays."""
+        val = copy.copy(self)
+        val.sampler = SequenceSampler(self._episode_ends, self.sampler.horizon, episode_mask=self._val_mask,
+                                      **self._pads)
+        return val
 
     def fit_normalizer(self, mode: str | Mapping[str, str] = "limits") -> Normalizer:
         """A :class:`Normalizer` fitted on the training episodes' steps of the low-dim obs keys and ``"action"``.
@@ -104,18 +114,22 @@ class SequenceDataset(Dataset):
         Image keys are left out: the policy scales uint8 images to [0, 1] itself.
         """
         steps = np.repeat(self._train_mask, self._episode_lengths)
-        data = {key: self._arrays[key][: len(steps)][steps] for key in self.obs_keys if key not in self.image_keys}
-        data[ACTION_KEY] = self._arrays[self.action_key][: len(steps)][steps]
-        return Normalizer.fit(data, mode=mode)
+        keys = [key for key in self.obs_keys if key not in self.image_keys] + [ACTION_KEY]
+        return Normalizer.fit({key: np.asarray(self._arrays[key][0 : len(steps)])[steps] for key in keys}, mode=mode)
 
 
-def _check_finite(buffer: ReplayBuffer, keys: Sequence[str]) -> None:
-    """Raise if a floating array of ``keys`` holds NaN or inf, naming the key and first bad step."""
-    for key in keys:
-        arr = buffer[key]
-        if arr.dtype.kind != "f":
+def _is_plain(source: Source) -> bool:
+    """Whether ``source`` hands its dataset key over unchanged (no slice, reshape or image conversion)."""
+    return source.slice is None and source.reshape is None and source.image_range is None
+
+
+def _check_finite(arrays: Mapping[str, Any], where: str, block: int = 1 << 16) -> None:
+    """Raise if a floating array holds NaN or inf, naming the key and first bad step."""
+    for key, arr in arrays.items():
+        if np.dtype(arr.dtype).kind != "f":
             continue
-        values = arr[:]
-        bad = np.flatnonzero(~np.isfinite(values.reshape(len(values), -1)).all(axis=1))
-        if len(bad):
-            raise ValueError(f"buffer[{key!r}] is not finite at step {int(bad[0])}")
+        for lo in range(0, int(arr.shape[0]), block):
+            values = np.asarray(arr[lo : lo + block])
+            bad = np.flatnonzero(~np.isfinite(values.reshape(len(values), -1)).all(axis=1))
+            if len(bad):
+                raise ValueError(f"{where}: {key!r} is not finite at step {lo + int(bad[0])}")

@@ -206,8 +206,9 @@ class ObsMapping:
             if name != "action" and is_image_shape(out) and np.dtype(array.dtype).kind == "f":
                 if image_range is None:
                     image_range = detect_image_range(source.key, array, where)
-                    logger.info("%s: float image %r holds values in 0..%g; read as uint8 (x * %g)", where,
-                                source.key, image_range, 255.0 / image_range)
+                    logger.info("%s: float image %r holds values in 0..%g (detected; set image_range to "
+                                "override); read as uint8 round(x * %g)", where, source.key, image_range,
+                                255.0 / image_range)
             elif image_range is not None:
                 raise ValueError(f"{where}: image_range={image_range:g} given for {name!r}, which is not a float "
                                  f"image (dataset key {source.key!r}: {array.dtype} {shape})")
@@ -220,20 +221,24 @@ class ObsMapping:
         """Per-step policy shapes ``{policy key: shape}`` of a resolved mapping."""
         return {name: s.out_shape(self._resolved(name, s).shape) for name, s in self.obs.items()}
 
-    def observation(self, frame: Mapping[str, Any], where: str = "observation") -> dict[str, np.ndarray]:
-        """One environment / robot observation ``{key: (*shape)}`` -> ``{policy key: (*policy shape)}``.
+    def observation(self, frame: Mapping[str, Any], where: str = "observation", batch_dims: int = 0
+                    ) -> dict[str, np.ndarray]:
+        """An environment / robot observation ``{key: (*lead, *shape)}`` with ``batch_dims`` leading axes
+        -> ``{policy key: (*lead, *policy shape)}``.
 
         A policy key present in ``frame`` is taken as it is (reshaped when it holds the same number of
-        values, a float image made uint8); otherwise its source key is mapped as in training.
+        values per step, a float image made uint8); otherwise its source key is mapped as in training.
         """
         out: dict[str, np.ndarray] = {}
         for name, source in self.obs.items():
             shape = source.out_shape(self._resolved(name, source).shape)
             if name in frame:
                 value = np.asarray(frame[name])
-                if value.size != math.prod(shape):
-                    raise ValueError(f"{where}[{name!r}] has shape {value.shape}; the policy takes {shape}")
-                value = value.reshape(shape)
+                lead = value.shape[:batch_dims]
+                if value.ndim < batch_dims or math.prod(value.shape[batch_dims:]) != math.prod(shape):
+                    raise ValueError(f"{where}[{name!r}] has shape {value.shape}; the policy takes {shape} per step"
+                                     + (f" after {batch_dims} batch axes" if batch_dims else ""))
+                value = value.reshape(*lead, *shape)
                 if is_image_shape(shape) and value.dtype.kind == "f":
                     value = float_image_to_uint8(value, source.image_range or 255.0, f"{where}[{name!r}]")
                 out[name] = value
@@ -243,16 +248,6 @@ class ObsMapping:
                 raise KeyError(f"{where} has neither policy key {name!r} nor its source {source.key!r}; "
                                f"it has {sorted(frame)}")
         return out
-
-    def needed_keys(self, available: Sequence[str]) -> dict[str, str]:
-        """``{policy key: the key of ``available`` it is built from}`` (the policy key itself when present)."""
-        needed = {}
-        for name, source in self.obs.items():
-            if name not in available and source.key not in available:
-                raise KeyError(f"observation has neither policy key {name!r} nor its source {source.key!r}; "
-                               f"it has {sorted(available)}")
-            needed[name] = name if name in available else source.key
-        return needed
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready ``{"obs": {name: source}, "action": source}`` (sources as dicts without None fields)."""
@@ -266,6 +261,15 @@ class ObsMapping:
         if not isinstance(data, Mapping) or set(data) != {"obs", "action"}:
             raise ValueError(f"observation mapping must be {{'obs': ..., 'action': ...}}, got {data!r}")
         return cls.parse(data["obs"], data["action"])
+
+    @classmethod
+    def of_policy(cls, obs_shapes: Mapping[str, Sequence[int]], action_dim: int,
+                  saved: Mapping[str, Any] | None) -> ObsMapping:
+        """A policy's mapping: the ``saved`` one (``to_dict()`` form), or each key from itself."""
+        if saved is not None:
+            return cls.from_dict(saved)
+        return cls({key: Source(key, shape=tuple(shape)) for key, shape in obs_shapes.items()},
+                   Source("action", shape=(int(action_dim),)))
 
     @staticmethod
     def _resolved(name: str, source: Source) -> Source:

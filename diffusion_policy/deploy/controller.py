@@ -136,7 +136,7 @@ class ControllerLoop:
     def _start(self, worker: InferenceWorker) -> tuple[float, int]:
         """Plan the first chunk with the robot at rest; returns the clock origin and the first tick."""
         obs, t_obs = self._observe()
-        self.history.extend([obs] * self.history.maxlen)
+        self.history.extend([self.predictor.spec.mapping.observation(obs)] * self.history.maxlen)
         self._request(worker, tick=0, t_obs=t_obs)
         result = worker.wait(self.config.safety.stop_after_s)
         if result is None:
@@ -165,7 +165,7 @@ class ControllerLoop:
     def _tick(self, worker: InferenceWorker, tick: int, due: float, t_start: float) -> bool:
         """One control tick; False when the loop must stop."""
         obs, t_obs = self._observe()
-        self.history.append(obs)
+        self.history.append(self.predictor.spec.mapping.observation(obs))
         result = worker.poll()
         if result is not None:
             if result.error is not None:

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from diffusion_policy.data.obs_mapping import ObsMapping
 from diffusion_policy.deploy.transitions import coherence_cost
 from diffusion_policy.policy.base import BasePolicy
 
@@ -24,13 +25,18 @@ REAL_DTYPES = ("uint8", "int8", "int16", "int32", "int64", "float16", "float32",
 
 @dataclass(frozen=True)
 class PolicySpec:
-    """Shapes a policy takes and gives: obs `{key: (To, *shape)}` -> chunk `(T, Da)`; Ta actions per plan."""
+    """Shapes a policy takes and gives: obs `{key: (To, *shape)}` -> chunk `(T, Da)`; Ta actions per plan.
+
+    `obs_mapping` is the policy's saved observation mapping; `mapping` turns a robot's observation
+    into the policy's keys with it (`ObsMapping.observation`).
+    """
 
     obs_shapes: dict[str, tuple[int, ...]]
     action_dim: int
     n_obs_steps: int
     horizon: int
     n_action_steps: int
+    obs_mapping: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not self.obs_shapes:
@@ -42,20 +48,23 @@ class PolicySpec:
             raise ValueError(f"n_obs_steps - 1 + n_action_steps = {self.n_obs_steps - 1 + self.n_action_steps} "
                              f"exceeds horizon={self.horizon}")
         object.__setattr__(self, "obs_shapes", {str(k): tuple(int(d) for d in v) for k, v in self.obs_shapes.items()})
+        object.__setattr__(self, "mapping", ObsMapping.of_policy(self.obs_shapes, self.action_dim, self.obs_mapping))
 
     @classmethod
     def of(cls, policy: BasePolicy) -> PolicySpec:
         c = policy.config
-        return cls(dict(c.obs_shapes), c.action_dim, c.n_obs_steps, c.horizon, c.n_action_steps)
+        return cls(dict(c.obs_shapes), c.action_dim, c.n_obs_steps, c.horizon, c.n_action_steps, c.obs_mapping)
 
     def to_dict(self) -> dict[str, Any]:
         return {"obs_shapes": {k: list(v) for k, v in self.obs_shapes.items()}, "action_dim": self.action_dim,
-                "n_obs_steps": self.n_obs_steps, "horizon": self.horizon, "n_action_steps": self.n_action_steps}
+                "n_obs_steps": self.n_obs_steps, "horizon": self.horizon, "n_action_steps": self.n_action_steps,
+                "obs_mapping": self.obs_mapping}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PolicySpec:
         return cls({k: tuple(v) for k, v in data["obs_shapes"].items()}, int(data["action_dim"]),
-                   int(data["n_obs_steps"]), int(data["horizon"]), int(data["n_action_steps"]))
+                   int(data["n_obs_steps"]), int(data["horizon"]), int(data["n_action_steps"]),
+                   data.get("obs_mapping"))
 
     def check_request(self, request: ChunkRequest) -> None:
         """Raise ValueError/KeyError/TypeError naming the key and shape of anything the policy cannot take."""

@@ -95,17 +95,16 @@ class EvalConfig:
 
 
 def check_spaces(policy: BasePolicy, observation_space: gym.Space, action_space: gym.Space, env_id: str) -> None:
-    """Raise ValueError unless the env gives every observation key the policy needs, with its shape,
-    and takes actions of shape `(Da,)`. Extra observation keys are fine."""
+    """Raise ValueError unless the env gives every observation key the policy needs, directly or through
+    the policy's observation mapping (its dataset keys), and takes actions of shape `(Da,)`. Extra
+    observation keys are fine."""
     if not isinstance(observation_space, spaces.Dict):
         raise ValueError(f"env {env_id} must have Dict observations; it has {observation_space}")
-    for key, shape in policy.config.obs_shapes.items():
-        if key not in observation_space.spaces:
-            raise ValueError(f"policy expects observation {key!r} of shape {tuple(shape)}, env {env_id} "
-                             f"has no such key; it gives {sorted(observation_space.spaces)}")
-        given = observation_space.spaces[key].shape
-        if tuple(given) != tuple(shape):
-            raise ValueError(f"policy expects observation {key!r} of shape {tuple(shape)}, env {env_id} gives {given}")
+    blank = {key: np.zeros(space.shape, space.dtype) for key, space in observation_space.spaces.items()}
+    try:
+        policy.config.mapping.observation(blank, where=f"env {env_id} observation")
+    except (KeyError, ValueError) as err:
+        raise ValueError(f"policy expects observations {policy.config.obs_shapes}: {err}") from None
     expected = (policy.config.action_dim,)
     if not isinstance(action_space, spaces.Box) or action_space.shape != expected:
         raise ValueError(f"policy outputs actions of shape {expected}, env {env_id} takes {action_space}")
@@ -257,10 +256,11 @@ def _run_wave(venv: VectorEnv, policy: BasePolicy, wave: _Wave, bar: tqdm) -> No
     generator = torch.Generator(device=device).manual_seed(int(wave.seeds[0]))
     action_space = venv.single_action_space
     neutral = np.clip(np.zeros(action_space.shape), action_space.low, action_space.high).astype(action_space.dtype)
+    mapping = policy.config.mapping  # env observations -> the policy's keys, as in training
     try:
         obs, _ = venv.reset(seed=[int(s) for s in wave.seeds])
         policy.reset()
-        wave.history.extend([obs] * wave.history.maxlen)
+        wave.history.extend([mapping.observation(obs, batch_dims=1)] * wave.history.maxlen)
         wave.record(venv, wave.live.copy())
         while wave.live.any():
             active = np.flatnonzero(wave.live)
@@ -270,7 +270,7 @@ def _run_wave(venv: VectorEnv, policy: BasePolicy, wave: _Wave, bar: tqdm) -> No
                 actions = np.repeat(neutral[None], len(was_live), axis=0)
                 actions[active[was_live[active]]] = chunk[was_live[active], t]
                 obs, reward, terminated, truncated, info = venv.step(actions)
-                wave.history.append(obs)
+                wave.history.append(mapping.observation(obs, batch_dims=1))
                 bar.update(wave.update(was_live, reward, terminated | truncated, info))
                 wave.record(venv, was_live)
                 if not wave.live.any():

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from diffusion_policy.core.schedulers import SCHEDULER_NAMES, SchedulerConfig
 from diffusion_policy.data.images import image_shape_problem, is_image_shape
+from diffusion_policy.data.obs_mapping import ObsMapping
 from diffusion_policy.models.unet1d import UNet1DConfig
 from diffusion_policy.models.vision_encoder import VisionConfig
 
@@ -19,7 +21,11 @@ class PolicyConfig:
     `obs_shapes` maps each observation key to its per-step shape; the policy sees `(B, To, *shape)`.
     Its keys are kept sorted by name, which fixes the order in which they are concatenated.
     A key with a three-dimensional shape is a camera image `(H, W, C)` (uint8, see
-    `diffusion_policy.data.images`), encoded as `vision` says; the others are low-dimensional.
+    `diffusion_policy.data.images`), encoded as `vision` says; the others are low-dimensional (a
+    per-step shape of one or two axes, e.g. `(9, 2)` keypoints, flattened by the encoder).
+    `obs_mapping` (`ObsMapping.to_dict()`, see `diffusion_policy.data.obs_mapping`) says where each
+    key came from in the training data, so an environment or robot that speaks the dataset's keys is
+    mapped the same way; None when every key is its own dataset key.
     A predicted chunk is `(B, horizon, action_dim)`; the executed slice is
     `[n_obs_steps - 1 : n_obs_steps - 1 + n_action_steps]`.
     `obs_noise` is the standard deviation of Gaussian noise added to the normalised low-dim
@@ -35,6 +41,7 @@ class PolicyConfig:
     normalizer_mode: str = "limits"
     obs_noise: float = 0.0
     vision: VisionConfig = field(default_factory=VisionConfig)
+    obs_mapping: dict[str, Any] | None = None
 
     @property
     def image_keys(self) -> list[str]:
@@ -50,8 +57,9 @@ class PolicyConfig:
         for key, shape in self.obs_shapes.items():
             if "." in key or not shape or min(shape) < 1:
                 raise ValueError(f"observation key {key!r} with shape {shape} is invalid")
-            if len(shape) > 1 and (problem := image_shape_problem(key, shape)) is not None:
-                raise ValueError(f"{problem} (low-dim keys are (D,), images (H, W, C))")
+            if len(shape) > 2 and (problem := image_shape_problem(key, shape)) is not None:
+                raise ValueError(f"{problem} (low-dim keys have one or two axes, e.g. (D,) or (9, 2); "
+                                 "images are (H, W, C))")
         for name in ("action_dim", "horizon", "n_obs_steps", "n_action_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
@@ -64,6 +72,15 @@ class PolicyConfig:
             raise ValueError(f"obs_noise={self.obs_noise} must be a finite standard deviation >= 0")
         if self.normalizer_mode not in NORMALIZER_MODES:
             raise ValueError(f"normalizer_mode={self.normalizer_mode!r} is not one of {NORMALIZER_MODES}")
+        if self.obs_mapping is not None:
+            mapped = self.mapping.shapes()
+            if mapped != self.obs_shapes:
+                raise ValueError(f"obs_mapping gives per-step shapes {mapped}, but obs_shapes={self.obs_shapes}")
+
+    @property
+    def mapping(self) -> ObsMapping:
+        """How an observation's keys become the policy's: `obs_mapping`, or each key from itself."""
+        return ObsMapping.of_policy(self.obs_shapes, self.action_dim, self.obs_mapping)
 
 
 @dataclass
