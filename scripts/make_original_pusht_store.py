@@ -71,8 +71,9 @@ def write_store(episodes: list[dict[str, np.ndarray]], out: Path) -> None:
         root = zarr.open_group(str(tmp / "store"), mode="w", zarr_format=2)
         group = root.require_group("data")
         for key, values in data.items():
+            # Every chunk is written, zeros too, as zarr 2 did when the original was made.
             array = group.create_array(key, shape=values.shape, dtype=values.dtype, compressors=COMPRESSOR,
-                                       chunks=(CHUNK_STEPS, *values.shape[1:]))
+                                       chunks=(CHUNK_STEPS, *values.shape[1:]), config={"write_empty_chunks": True})
             array[:] = values
         meta = root.require_group("meta")
         meta.create_array("episode_ends", shape=ends.shape, dtype=ends.dtype, compressors=COMPRESSOR,

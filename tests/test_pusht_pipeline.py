@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from diffusion_policy.data.recorder import record_episodes
 from diffusion_policy.data.replay_buffer import ReplayBuffer
@@ -14,6 +19,7 @@ from diffusion_policy.train_policy import train_policy
 from envs import PUSHT_ID, PUSHT_PYMUNK_ID
 from envs.experts import make_expert
 
+ROOT = Path(__file__).resolve().parents[1]
 TINY_POLICY = {
     "kind": "diffusion", "horizon": 8, "n_obs_steps": 2, "n_action_steps": 4,
     "network": {"down_dims": [16, 32], "step_embed_dim": 16}, "num_inference_steps": 4,
@@ -63,3 +69,25 @@ def test_state_observations_mismatch_a_keypoint_policy(tmp_path):
     with pytest.raises(ValueError, match="keypoints"):
         evaluate_policy(load_policy(policy_dir), EvalConfig(env_id=PUSHT_ID, env_kwargs={"obs_type": "state"},
                                                             n_episodes=1, n_envs=1, vector="sync"))
+
+
+@pytest.mark.parametrize("task_name", ["pusht_original_lowdim", "pusht_original_image"])
+def test_original_layout_store_trains_and_evaluates_on_both_simulations(task_name, tmp_path):
+    """The shipped task config alone takes a store in the original Diffusion Policy layout to a policy
+    that runs in MuJoCo and in the original pymunk Push-T, nothing renamed or converted by hand."""
+    path = tmp_path / "pusht_cchi_v7_replay.zarr"
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "make_original_pusht_store.py"), "--episodes", "2",
+                    "--out", str(path)], check=True, capture_output=True)
+    task = OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "task" / f"{task_name}.yaml"))
+    task["dataset"].update(path=str(path), val_ratio=0.0)
+    policy_cfg = TINY_POLICY
+    if task_name.endswith("image"):
+        policy_cfg = {**TINY_POLICY, "vision": {"backbone_width": 8, "num_keypoints": 8, "feature_dim": 16}}
+    policy = load_policy(train_policy(task, policy_cfg, {**TINY_TRAINING, "max_steps": 4}, tmp_path / "run"))
+    assert policy.config.mapping.obs["agent_pos"].key == "state"
+    envs = [PUSHT_ID] + ([PUSHT_PYMUNK_ID] if importlib.util.find_spec("gym_pusht") else [])
+    for env_id in envs:
+        result = evaluate_policy(policy, EvalConfig(env_id=env_id, env_kwargs=task["env_kwargs"], n_episodes=1,
+                                                    n_envs=1, vector="sync", n_videos=0, max_episode_steps=8),
+                                 progress=False)
+        assert result.lengths == [8]

@@ -38,6 +38,23 @@ def wilson_interval(successes: int, n: int, z: float = Z_95) -> tuple[float, flo
     return low, high
 
 
+def fisher_exact_p(wins_a: int, n_a: int, wins_b: int, n_b: int) -> float:
+    """Two-sided p-value of Fisher's exact test that two success rates, `wins_a / n_a` and `wins_b / n_b`, are equal.
+
+    Conditioned on the total successes, the count of group a is hypergeometric; the p-value sums the
+    probabilities of every table no more likely than the one observed (with a 1e-7 relative tolerance
+    for ties, as R and SciPy do).
+    """
+    for wins, n in ((wins_a, n_a), (wins_b, n_b)):
+        if n < 1 or not 0 <= wins <= n:
+            raise ValueError(f"need 0 <= wins <= n and n >= 1, got wins={wins}, n={n}")
+    total = wins_a + wins_b
+    lo, hi = max(0, total - n_b), min(total, n_a)
+    probs = [math.comb(n_a, k) * math.comb(n_b, total - k) for k in range(lo, hi + 1)]
+    observed = probs[wins_a - lo]
+    return min(1.0, sum(q for q in probs if q <= observed * (1 + 1e-7)) / math.comb(n_a + n_b, total))
+
+
 @dataclass
 class EvalResult:
     """Per-episode outcomes of one evaluation; lists are `(n_episodes,)`, in episode order.
