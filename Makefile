@@ -8,7 +8,7 @@ RUN := runs/demo
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 # MuJoCo renders offscreen through EGL: Mesa's EGL vendor library (software rendering on a CPU-only machine).
 EGL_MESA := /usr/share/glvnd/egl_vendor.d/50_mesa.json
-EXTRAS := dev,pusht-original,image,metaworld
+EXTRAS := dev,pusht-original,image,metaworld,formats
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup demo demo-multimodal robot pixels image image-baseline metaworld test test-slow bench clean

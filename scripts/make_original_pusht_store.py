@@ -22,8 +22,6 @@ Train on it with `task=pusht_original_lowdim` or `task=pusht_original_image` (co
 from __future__ import annotations
 
 import argparse
-import shutil
-import tempfile
 from pathlib import Path
 
 import gymnasium as gym
@@ -33,6 +31,7 @@ import zarr
 from tqdm.auto import tqdm
 
 import envs  # noqa: F401  (registers the environments)
+from diffusion_policy.core.checkpoint import atomic_directory
 from diffusion_policy.data.recorder import rollout_episode
 from envs.experts import make_expert
 from envs.pusht_geometry import keypoints
@@ -63,12 +62,11 @@ def original_episode(episode: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def write_store(episodes: list[dict[str, np.ndarray]], out: Path) -> None:
-    """Write `episodes` as an original-layout Zarr v2 store at `out` (through a temporary directory)."""
+    """Write `episodes` as an original-layout Zarr v2 store at `out` (built aside, then renamed into place)."""
     data = {key: np.concatenate([e[key] for e in episodes]) for key in episodes[0]}
     ends = np.cumsum([len(e["action"]) for e in episodes]).astype(np.int64)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        root = zarr.open_group(str(tmp / "store"), mode="w", zarr_format=2)
+    with atomic_directory(out) as tmp:
+        root = zarr.open_group(str(tmp), mode="w", zarr_format=2)
         group = root.require_group("data")
         for key, values in data.items():
             # Every chunk is written, zeros too, as zarr 2 did when the original was made.
@@ -78,11 +76,6 @@ def write_store(episodes: list[dict[str, np.ndarray]], out: Path) -> None:
         meta = root.require_group("meta")
         meta.create_array("episode_ends", shape=ends.shape, dtype=ends.dtype, compressors=COMPRESSOR,
                           chunks=(ENDS_CHUNK,))[:] = ends
-        if out.exists():
-            shutil.rmtree(out)
-        (tmp / "store").rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -67,7 +67,8 @@ def tiny_config(data: SequenceDataset) -> DiffusionPolicyConfig:
 def test_original_layout_store_is_written_as_the_original(original_store):
     root = zarr.open_group(str(original_store), mode="r")
     assert root.metadata.zarr_format == 2
-    for key, shape in {"img": (40, 40, 3), "state": (5,), "keypoint": (9, 2), "action": (2,), "n_contacts": (1,)}.items():
+    shapes = {"img": (40, 40, 3), "state": (5,), "keypoint": (9, 2), "action": (2,), "n_contacts": (1,)}
+    for key, shape in shapes.items():
         array = root[f"data/{key}"]
         assert array.shape == (sum(LENGTHS), *shape) and array.dtype == np.float32
         assert array.chunks == (161, *shape)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -15,7 +16,9 @@ from diffusion_policy.data.mapped_array import MappedArray, materialize
 from diffusion_policy.data.normalizer import Normalizer
 from diffusion_policy.data.obs_mapping import ObsMapping, Source
 from diffusion_policy.data.replay_buffer import ReplayBuffer
-from diffusion_policy.data.sampler import SequenceSampler, split_episodes
+from diffusion_policy.data.sampler import SequenceSampler, split_episodes, split_from_masks
+
+logger = logging.getLogger(__name__)
 
 ACTION_KEY = "action"  # the normalizer key of the action, whatever the buffer calls it
 
@@ -31,7 +34,8 @@ class SequenceDataset(Dataset):
 
     ``obs_keys`` lists the buffer keys the policy observes, or maps each policy key to its source in
     the buffer, and ``action_key`` names (or maps) the action: see :mod:`diffusion_policy.data.obs_mapping`.
-    The resolved mapping is ``self.mapping``.
+    The resolved mapping is ``self.mapping``. A store whose ``masks`` attribute has ``train`` and
+    ``valid`` episode lists is split by them instead of ``val_ratio``.
     """
 
     def __init__(
@@ -77,7 +81,13 @@ class SequenceDataset(Dataset):
             check_image_array(key, arrays[key], leading=1)
         _check_finite(arrays, where)
 
-        train_mask, val_mask = split_episodes(buffer.n_episodes, val_ratio, seed, max_train_episodes)
+        masks = buffer.attrs.get("masks") or {}
+        if "train" in masks and "valid" in masks:  # the store's own split (robomimic filter keys) wins
+            logger.info("%s: training on its 'train' mask (%d episodes), validating on 'valid' (%d); val_ratio "
+                        "is not used", where, len(masks["train"]), len(masks["valid"]))
+            train_mask, val_mask = split_from_masks(buffer.n_episodes, masks, seed, max_train_episodes)
+        else:
+            train_mask, val_mask = split_episodes(buffer.n_episodes, val_ratio, seed, max_train_episodes)
         self.train_episodes, self.val_episodes = np.flatnonzero(train_mask), np.flatnonzero(val_mask)
         self._train_mask, self._val_mask = train_mask, val_mask
         self._episode_ends = buffer.episode_ends

@@ -66,6 +66,7 @@ class ReplayBuffer:
         self._set_ends(ends)
         self.path = path
         self._read_only = read_only
+        self._attrs: dict[str, Any] = {}  # a numpy-backed buffer's attributes
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -146,6 +147,21 @@ class ReplayBuffer:
     def read_only(self) -> bool:
         """True when the buffer was opened with mode ``"r"`` (appending raises)."""
         return self._read_only
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """A copy of the store's root attributes (JSON): e.g. ``source`` (where a converted store came
+        from), ``fps``, and ``masks`` (``{name: [episode indices]}``; ``train`` / ``valid`` split training)."""
+        return dict(self._root.attrs) if self._root is not None else dict(self._attrs)
+
+    def update_attrs(self, values: Mapping[str, Any]) -> None:
+        """Merge JSON-serialisable ``values`` into the root attributes."""
+        if self._read_only:
+            raise PermissionError(f"replay buffer at {self.path} is read-only; open it with mode='a'")
+        if self._root is not None:
+            self._root.attrs.update(dict(values))
+        else:
+            self._attrs.update(dict(values))
 
     def keys(self) -> list[str]:
         """Data keys, sorted."""

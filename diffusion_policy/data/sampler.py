@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -32,6 +32,29 @@ def split_episodes(
     train = ~val
     if max_train_episodes is not None and train.sum() > max_train_episodes:
         keep = rng.choice(np.flatnonzero(train), size=max_train_episodes, replace=False)
+        train = np.zeros(n_episodes, dtype=bool)
+        train[keep] = True
+    return train, val
+
+
+def split_from_masks(
+    n_episodes: int, masks: Mapping[str, Sequence[int]], seed: int, max_train_episodes: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Boolean masks ``(train (n_episodes,), val (n_episodes,))`` from a store's ``train`` / ``valid`` episode
+    lists (e.g. robomimic's filter keys); ``max_train_episodes`` keeps a seeded random subset of train."""
+    def mask(name: str) -> np.ndarray:
+        indices = np.asarray(masks[name], dtype=np.int64).reshape(-1)
+        if len(indices) and (indices.min() < 0 or indices.max() >= n_episodes):
+            raise ValueError(f"mask {name!r} names episode {int(indices.max())} of only {n_episodes} episodes")
+        out = np.zeros(n_episodes, dtype=bool)
+        out[indices] = True
+        return out
+
+    train, val = mask("train"), mask("valid")
+    if (train & val).any():
+        raise ValueError(f"masks 'train' and 'valid' share episodes {np.flatnonzero(train & val)[:5].tolist()}")
+    if max_train_episodes is not None and train.sum() > max_train_episodes:
+        keep = np.random.default_rng(seed).choice(np.flatnonzero(train), size=max_train_episodes, replace=False)
         train = np.zeros(n_episodes, dtype=bool)
         train[keep] = True
     return train, val
