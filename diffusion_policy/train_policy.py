@@ -30,7 +30,8 @@ _CHUNKING_DEFAULTS = {
 @dataclass
 class DatasetConfig:
     """`obs_keys`: dataset keys, or `{policy key: source}`; `action_key`: a key or a source
-    (`diffusion_policy.data.obs_mapping`)."""
+    (`diffusion_policy.data.obs_mapping`). `in_memory`: copy the data into memory (true), read images
+    from disk through a chunk cache (false), or decide from the memory available (null, default)."""
 
     path: str
     obs_keys: tuple[str, ...] | dict[str, Any]
@@ -38,6 +39,7 @@ class DatasetConfig:
     val_ratio: float = 0.05
     max_train_episodes: int | None = None
     seed: int = 42
+    in_memory: bool | None = None
 
 
 @dataclass
@@ -63,6 +65,7 @@ def build_dataset(task: TaskConfig, policy_cfg: Mapping[str, Any]) -> SequenceDa
         val_ratio=task.dataset.val_ratio,
         seed=task.dataset.seed,
         max_train_episodes=task.dataset.max_train_episodes,
+        in_memory=task.dataset.in_memory,
     )
 
 

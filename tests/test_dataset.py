@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +13,8 @@ import pytest
 import torch
 import zarr
 
+import diffusion_policy.data.dataset as dataset_module
+from diffusion_policy.data.chunk_cache import ChunkCachedArray
 from diffusion_policy.data.dataset import SequenceDataset
 from diffusion_policy.data.replay_buffer import ReplayBuffer
 
@@ -135,3 +141,54 @@ def test_dataset_is_a_snapshot_of_the_buffer() -> None:
     buffer.add_episode({"state": extra, "act": extra, "image": np.zeros((20, 4, 4, 3), np.uint8)})
     assert len(dataset) == n_windows
     torch.testing.assert_close(dataset.fit_normalizer().state_dict(), norm.state_dict())
+
+
+def camera_store(path: Path) -> ReplayBuffer:
+    """6 episodes x 40 steps of 96 x 96 frames (37 frames per stored chunk), each frame filled with its step."""
+    disk = ReplayBuffer.create(path)
+    for e in range(6):
+        t = np.arange(40)
+        frames = (t + 40 * e)[:, None, None, None] % 251 + np.zeros((1, 96, 96, 3))
+        disk.add_episode({"image": frames.astype(np.uint8),
+                          "state": np.stack([np.full(40, e), t], axis=1).astype(np.float32),
+                          "act": np.stack([t, -t], axis=1).astype(np.float32)})
+    return ReplayBuffer.open(path)
+
+
+def test_chunk_cache_reads_what_zarr_holds_and_keeps_at_most_its_capacity(tmp_path: Path) -> None:
+    images = camera_store(tmp_path / "cams.zarr")["image"]
+    assert images.chunk_steps == 37
+    chunk_bytes = 37 * 96 * 96 * 3
+    cached = ChunkCachedArray(images, capacity_bytes=2 * chunk_bytes)
+    everything = images[:]
+    for lo, hi in [(0, 3), (35, 40), (36, 75), (230, 240), (0, 240)]:
+        np.testing.assert_array_equal(cached[lo:hi], everything[lo:hi])
+        assert cached._cached_bytes <= 2 * chunk_bytes
+    misses = cached.misses
+    cached[221:223]  # in the chunk read last
+    assert cached.misses == misses
+    assert pickle.loads(pickle.dumps(cached))._cached_bytes == 0  # a DataLoader worker starts empty
+    with pytest.raises(TypeError, match="contiguous step slices"):
+        cached[[0, 1]]
+
+
+def test_dataset_reads_images_from_disk_when_the_copy_would_not_fit(tmp_path: Path, monkeypatch, caplog) -> None:
+    disk = camera_store(tmp_path / "cams.zarr")
+    monkeypatch.setattr(dataset_module, "available_memory", lambda: 100_000)  # far less than the frames
+    with caplog.at_level(logging.INFO, logger="diffusion_policy.data.dataset"):
+        lazy = make_dataset(disk)
+    assert "image keys read from disk through a chunk cache" in caplog.text
+    assert isinstance(lazy._arrays["image"], ChunkCachedArray) and not lazy.in_memory
+    monkeypatch.setattr(dataset_module, "available_memory", lambda: 1 << 40)
+    eager = make_dataset(disk)
+    assert eager.in_memory
+    for i in range(0, len(eager), 7):
+        a, b = eager[i], lazy[i]
+        assert all(torch.equal(a["obs"][k], b["obs"][k]) for k in a["obs"]) and torch.equal(a["action"], b["action"])
+
+
+def test_available_memory_sees_an_address_space_limit() -> None:
+    code = ("import resource; from diffusion_policy.data.chunk_cache import available_memory; "
+            "resource.setrlimit(resource.RLIMIT_AS, (16 << 30, resource.RLIM_INFINITY)); print(available_memory())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert 0 < int(out) < 16 << 30

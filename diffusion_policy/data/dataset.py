@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from diffusion_policy.data.chunk_cache import ChunkCachedArray, available_memory
 from diffusion_policy.data.images import check_image_array, is_image_shape
 from diffusion_policy.data.mapped_array import MappedArray, materialize
 from diffusion_policy.data.normalizer import Normalizer
@@ -50,9 +51,14 @@ class SequenceDataset(Dataset):
         val_ratio: float = 0.0,
         seed: int = 42,
         max_train_episodes: int | None = None,
-        in_memory: bool = True,
+        in_memory: bool | None = None,
+        cache_bytes: int | None = None,
     ) -> None:
-        """``in_memory`` copies the mapped keys of a Zarr-backed buffer to numpy (Zarr window reads are slow)."""
+        """``in_memory=True`` copies the mapped keys of a Zarr-backed buffer into memory (fast windows);
+        ``False`` keeps image keys on disk, read whole chunks at a time through an LRU cache of
+        ``cache_bytes`` (default a quarter of the memory budget, at most 1 GiB) per process; ``None``
+        (default) copies when the copy takes at most half of the memory this process may still use
+        (:func:`~diffusion_policy.data.chunk_cache.available_memory`), and says which it chose in a log line."""
         if n_obs_steps < 1 or horizon < n_obs_steps:
             raise ValueError(f"need 1 <= {n_obs_steps=} <= {horizon=}")
         if not 1 <= n_action_steps <= horizon:
@@ -65,21 +71,34 @@ class SequenceDataset(Dataset):
             raise ValueError(f"{where}: the action (dataset key {self.mapping.action.key!r}) must be (N, Da) per "
                              f"step after mapping, got per-step shape {action_shape}")
         sources = {**self.mapping.obs, ACTION_KEY: self.mapping.action}
-        n_steps = buffer.n_steps
-        on_disk = not all(isinstance(buffer[s.key], np.ndarray) for s in sources.values())
-        arrays: dict[str, Any] = {}
-        for name, source in sources.items():
-            mapped = MappedArray(buffer[source.key], source, f"{where}/data/{source.key}")
-            if in_memory and on_disk or not _is_plain(source):
-                arrays[name] = materialize(mapped, n_steps)
-            else:
-                arrays[name] = buffer[source.key]  # a snapshot: later appends stay unseen
         self.obs_keys = list(self.mapping.obs)
         self.obs_shapes = self.mapping.shapes()
         self.image_keys = [key for key in self.obs_keys if is_image_shape(self.obs_shapes[key])]
+        n_steps = buffer.n_steps
+        on_disk = not all(isinstance(buffer[s.key], np.ndarray) for s in sources.values())
+        budget = available_memory() // 2
+        if on_disk and in_memory is None:
+            need = sum(n_steps * int(np.prod(self.obs_shapes.get(name, action_shape))) *
+                       (1 if s.image_range else np.dtype(buffer[s.key].dtype).itemsize) for name, s in sources.items())
+            in_memory = need <= budget
+            logger.info("%s: the used keys take %.2f GB decoded, %s half the %.2f GB this process may still use: %s",
+                        where, need / 1e9, "within" if in_memory else "over", 2 * budget / 1e9,
+                        "copied into memory" if in_memory else "image keys read from disk through a chunk cache")
+        self.cache_bytes = min(budget // 2, 1 << 30) if cache_bytes is None else cache_bytes
+        arrays: dict[str, Any] = {}
+        for name, source in sources.items():
+            array = buffer[source.key]
+            if on_disk and in_memory is False and name in self.image_keys:
+                array = ChunkCachedArray(array, self.cache_bytes // max(1, len(self.image_keys)))
+                arrays[name] = array if _is_plain(source) else MappedArray(array, source, f"{where}/data/{source.key}")
+            elif on_disk or not _is_plain(source):
+                arrays[name] = materialize(MappedArray(array, source, f"{where}/data/{source.key}"), n_steps)
+            else:
+                arrays[name] = array  # a snapshot: later appends stay unseen
         for key in self.image_keys:
             check_image_array(key, arrays[key], leading=1)
-        _check_finite(arrays, where)
+        _check_finite({key: arrays[key] for key in arrays if key not in self.image_keys}, where)
+        self.in_memory = not any(isinstance(a, (ChunkCachedArray, MappedArray)) for a in arrays.values())
 
         masks = buffer.attrs.get("masks") or {}
         if "train" in masks and "valid" in masks:  # the store's own split (robomimic filter keys) wins

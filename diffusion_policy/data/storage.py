@@ -72,6 +72,11 @@ class CheckedArray:
     def __len__(self) -> int:
         return self._n
 
+    @property
+    def chunk_steps(self) -> int:
+        """Steps per stored chunk (per shard when sharded): the unit a read decodes."""
+        return int((self._array.shards or self._array.chunks)[0])
+
     def __getitem__(self, key: Any) -> np.ndarray:
         first, rest = (key[0], key[1:]) if isinstance(key, tuple) else (key, ())
         if isinstance(first, slice):
