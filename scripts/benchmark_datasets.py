@@ -8,6 +8,8 @@ Steps (each a command a user runs, or the library calls behind one):
    Diffusion Policy layout (float32 images), then `convert_dataset.py --from zarr` -> our store
    (frames/s). The same frames are written as a robomimic HDF5 file (two 96 x 96 cameras, as
    robomimic's image datasets hold them) and converted with `--from robomimic` (frames/s).
+   Our store is exported to LeRobotDataset v3.0 (`--to lerobot`, AV1) and read back (`--from lerobot`):
+   frames/s each way, numbers compared exactly, the image error of the codec, video decoding alone.
 2. Loader throughput: image windows/s (`pixels` + `agent_pos`, To = 2, T = 16) through the trainer's
    DataLoader (batch 64, shuffled), from memory and from disk through the chunk cache, with 0 and 2
    worker processes.
@@ -33,6 +35,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from diffusion_policy.data.dataset import SequenceDataset
+from diffusion_policy.data.formats.video import decode_at
 from diffusion_policy.data.replay_buffer import ReplayBuffer
 
 PYTHON = sys.executable
@@ -79,6 +82,32 @@ def conversion(out: Path, episodes: int) -> dict:
         run([PYTHON, str(SCRIPTS / "convert_dataset.py"), "--from", fmt, str(src), "--out", str(dst), "--overwrite",
              "--no-progress", "--summary-json", str(summary)])
         results[fmt] = json.loads(summary.read_text())
+    return results
+
+
+def lerobot_round_trip(out: Path) -> dict:
+    """Our pixel store -> LeRobot v3.0 -> ours: speeds, numbers exact, image error of the codec, and
+    the speed of video decoding alone."""
+    ours, exported, back = out / "pixels.zarr", out / "pixels_lerobot", out / "from_lerobot.zarr"
+    results = {}
+    for name, command in (("export", ["--to", "lerobot", str(ours), "--out", str(exported), "--fps", "10",
+                                      "--task", "Push the T-shaped block onto the target."]),
+                          ("import", ["--from", "lerobot", str(exported), "--out", str(back)])):
+        summary = out / f"lerobot_{name}.json"
+        run([PYTHON, str(SCRIPTS / "convert_dataset.py"), *command, "--overwrite", "--no-progress",
+             "--summary-json", str(summary)])
+        results[name] = json.loads(summary.read_text())
+    a, b = ReplayBuffer.open(ours), ReplayBuffer.open(back)
+    results["numbers_exact"] = {key: bool(np.array_equal(a[key][:], b[key][:])) for key in a.keys() if key != "img"}
+    error = np.abs(a["img"][:].astype(np.int16) - b["img"][:].astype(np.int16))
+    results["image_abs_error"] = {"mean": float(error.mean()), "p99": float(np.percentile(error, 99)),
+                                  "max": int(error.max()), "psnr_db": float(10 * np.log10(255**2 / np.mean(
+                                      error.astype(np.float64) ** 2)))}
+    video = next((exported / "videos").rglob("*.mp4"))
+    frames = min(a.n_steps, 2000)
+    start = time.perf_counter()
+    decode_at(video, np.arange(frames) / 10.0, "benchmark")
+    results["video_decode_frames_per_s"] = frames / (time.perf_counter() - start)
     return results
 
 
@@ -162,13 +191,14 @@ def main(argv: list[str] | None = None) -> None:
     report: dict = {"machine": {"date": datetime.datetime.now().isoformat(timespec="seconds"),
                                 "platform": platform.platform(), "cpu_count": os.cpu_count()}}
     report["conversion"] = conversion(args.out, args.episodes)
+    report["lerobot"] = lerobot_round_trip(args.out)
     report["loader_windows_per_s"] = loader(args.out / "pixels.zarr", args.batches)
     report["big_store"] = big_store(args.out / "pixels.zarr", args.out / "big.zarr", args.big_gb)
     report["capped_training"] = capped_training(args.out / "big.zarr", args.out / "capped_run", args.cap_gb,
                                                 args.steps)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in report.items() if k != "conversion"}, indent=2))
+    print(json.dumps({k: v for k, v in report.items() if k not in ("conversion", "lerobot")}, indent=2))
     print(f"written to {args.json}")
 
 

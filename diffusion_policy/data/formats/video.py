@@ -7,6 +7,7 @@ gaps. AV1 (LeRobot's default, SVT-AV1), H.264 and HEVC all decode through FFmpeg
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -69,6 +70,7 @@ class VideoWriter:
 
     def __init__(self, path: Path, fps: int, height: int, width: int, codec: str = DEFAULT_CODEC) -> None:
         av = _av()
+        os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints a page of info lines per stream otherwise
         if codec not in av.codecs_available:
             usable = sorted(c for c in (*CODEC_OPTIONS, "mpeg4") if c in av.codecs_available)
             raise ValueError(f"video codec {codec!r} is not in this PyAV build; try one of {usable}")
