@@ -207,10 +207,14 @@ def test_normalizer_skips_images_and_keeps_low_dim_stats() -> None:
     torch.testing.assert_close(with_images.state_dict(), low_dim_only.state_dict(), rtol=0, atol=0)
 
 
-def test_dataset_rejects_non_uint8_images_in_a_store(tmp_path: Path) -> None:
+def test_dataset_reads_float_images_as_uint8_and_rejects_other_non_uint8_images(tmp_path: Path) -> None:
     path = tmp_path / "buf.zarr"
     write_store(path, 3, make_episodes())
     data = zarr.open_group(str(path), mode="r+")["data"]
     data.create_array("float_pixels", data=np.full((26, 12, 12, 3), 0.5, np.float32))  # written behind the buffer
-    with pytest.raises(TypeError, match=r"'float_pixels'.*float32"):
-        make_dataset(ReplayBuffer.open(path), obs_keys=["float_pixels"])
+    data.create_array("int_pixels", data=np.full((26, 12, 12, 3), 7, np.int16))
+    dataset = make_dataset(ReplayBuffer.open(path), obs_keys=["float_pixels"])  # 0..1 detected
+    assert dataset[0]["obs"]["float_pixels"].dtype == torch.uint8
+    assert (dataset[0]["obs"]["float_pixels"] == 128).all()  # rint(0.5 * 255)
+    with pytest.raises(TypeError, match=r"'int_pixels'.*int16"):
+        make_dataset(ReplayBuffer.open(path), obs_keys=["int_pixels"])

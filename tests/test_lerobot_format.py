@@ -153,3 +153,33 @@ def test_missing_feature_column_and_overwrite_refusal(tmp_path):
     rewrite_data(root, lambda table: table.drop(["observation.agent_pos"]))
     with pytest.raises(ValueError, match=r"feature 'observation.agent_pos' of meta/info.json has no column"):
         convert(LeRobotSource(root), tmp_path / "out.zarr", progress=False)
+
+
+def test_lerobot_pusht_layout_trains_and_evaluates_with_the_shipped_task_config(tmp_path):
+    """A dataset in lerobot/pusht's layout (observation.image, observation.state, action) -> our store ->
+    the shipped task config -> a policy that runs in MuJoCo Push-T."""
+    from omegaconf import OmegaConf
+
+    from diffusion_policy.eval.rollout import EvalConfig, evaluate_policy
+    from diffusion_policy.policy import load_policy
+    from diffusion_policy.train_policy import train_policy
+    from tests.test_pusht_pipeline import ROOT, TINY_POLICY, TINY_TRAINING
+
+    rng = np.random.default_rng(0)
+    store = ReplayBuffer.create(tmp_path / "pusht_like.zarr")
+    for length in (12, 9):
+        store.add_episode({"state": rng.uniform(0, 512, (length, 2)).astype(np.float32),
+                           "image": rng.integers(0, 256, (length, 96, 96, 3), dtype=np.uint8),
+                           "action": rng.uniform(0, 512, (length, 2)).astype(np.float32)})
+    info = export_lerobot(ReplayBuffer.open(tmp_path / "pusht_like.zarr"), tmp_path / "lerobot_pusht", fps=10,
+                          progress=False)
+    assert {"observation.state", "observation.images.image", "action"} <= set(info["features"])
+    convert(LeRobotSource(tmp_path / "lerobot_pusht"), tmp_path / "lerobot_pusht.zarr", progress=False)
+    task = OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "task" / "pusht_lerobot_image.yaml"))
+    task["dataset"].update(path=str(tmp_path / "lerobot_pusht.zarr"), val_ratio=0.0)
+    policy_cfg = {**TINY_POLICY, "vision": {"backbone_width": 8, "num_keypoints": 8, "feature_dim": 16}}
+    policy = load_policy(train_policy(task, policy_cfg, {**TINY_TRAINING, "max_steps": 2}, tmp_path / "run"))
+    result = evaluate_policy(policy, EvalConfig(env_id=task["env_id"], env_kwargs=task["env_kwargs"], n_episodes=1,
+                                                n_envs=1, vector="sync", n_videos=0, max_episode_steps=6),
+                             progress=False)
+    assert result.lengths == [6]

@@ -97,10 +97,15 @@ def test_bad_images_name_the_key_and_shape(policy, key, value, error, match):
 
 
 @pytest.mark.parametrize("shape, match", [((3, 48, 48), "channel-first"), ((48, 48, 2), "last dimension"),
-                                          ((4, 4), r"\(4, 4\)")])
+                                          ((2, 48, 48, 3), r"\(2, 48, 48, 3\)")])
 def test_bad_image_shapes_in_the_config_are_rejected(shape, match):
     with pytest.raises(ValueError, match=match):
         image_config(obs_shapes={"front": shape, "pos": (2,)})
+
+
+def test_two_axis_keys_are_low_dim_beside_a_camera():
+    config = image_config(obs_shapes={"front": (48, 48, 3), "keypoints": (9, 2)})
+    assert config.image_keys == ["front"]
 
 
 def test_regression_policy_takes_images_too():

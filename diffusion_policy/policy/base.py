@@ -204,7 +204,8 @@ def validate_obs(
     batch = None
     for key, shape in obs_shapes.items():
         if key not in obs:
-            raise KeyError(f"observation key {key!r} is missing; got keys {sorted(obs)}")
+            raise KeyError(f"observation key {key!r} is missing; got keys {sorted(obs)} (observations in the "
+                           "dataset's keys go through policy.config.mapping.observation(frame) first)")
         raw = obs[key]
         # torch cannot wrap read-only numpy memory (e.g. np.broadcast_to views) without a copy.
         value = torch.as_tensor(np.array(raw) if isinstance(raw, np.ndarray) and not raw.flags.writeable else raw)
