@@ -71,14 +71,34 @@ class SequenceDataset(Dataset):
             raise ValueError(f"{where}: the action (dataset key {self.mapping.action.key!r}) must be (N, Da) per "
                              f"step after mapping, got per-step shape {action_shape}")
         sources = {**self.mapping.obs, ACTION_KEY: self.mapping.action}
+        self.action_dim = int(action_shape[0])
         self.obs_keys = list(self.mapping.obs)
         self.obs_shapes = self.mapping.shapes()
         self.image_keys = [key for key in self.obs_keys if is_image_shape(self.obs_shapes[key])]
-        n_steps = buffer.n_steps
+        arrays = self._load(buffer, sources, in_memory, cache_bytes, where)
+        for key in self.image_keys:
+            check_image_array(key, arrays[key], leading=1)
+        _check_finite({key: arrays[key] for key in arrays if key not in self.image_keys}, where)
+        self.in_memory = not any(isinstance(a, (ChunkCachedArray, MappedArray)) for a in arrays.values())
+        train_mask, val_mask = _split(buffer, val_ratio, seed, max_train_episodes, where)
+        self.train_episodes, self.val_episodes = np.flatnonzero(train_mask), np.flatnonzero(val_mask)
+        self._train_mask, self._val_mask = train_mask, val_mask
+        self._episode_ends = buffer.episode_ends
+        self._pads = dict(pad_before=n_obs_steps - 1, pad_after=n_action_steps - 1)
+        self.sampler = SequenceSampler(self._episode_ends, horizon, episode_mask=train_mask, **self._pads)
+        self.n_obs_steps = n_obs_steps
+        self._arrays = arrays
+        self._episode_lengths = buffer.episode_lengths
+        self._first_k = {key: n_obs_steps for key in self.obs_keys}
+
+    def _load(self, buffer: ReplayBuffer, sources: Mapping[str, Source], in_memory: bool | None,
+              cache_bytes: int | None, where: str) -> dict[str, Any]:
+        """``{policy key or "action": (N, ...) array}``: numpy copies, or chunk-cached on-disk cameras."""
         on_disk = not all(isinstance(buffer[s.key], np.ndarray) for s in sources.values())
         budget = available_memory() // 2
         if on_disk and in_memory is None:
-            need = sum(n_steps * int(np.prod(self.obs_shapes.get(name, action_shape))) *
+            shapes = {**self.obs_shapes, ACTION_KEY: (self.action_dim,)}
+            need = sum(buffer.n_steps * int(np.prod(shapes[name])) *
                        (1 if s.image_range else np.dtype(buffer[s.key].dtype).itemsize) for name, s in sources.items())
             in_memory = need <= budget
             logger.info("%s: the used keys take %.2f GB decoded, %s half the %.2f GB this process may still use: %s",
@@ -87,36 +107,15 @@ class SequenceDataset(Dataset):
         self.cache_bytes = min(budget // 2, 1 << 30) if cache_bytes is None else cache_bytes
         arrays: dict[str, Any] = {}
         for name, source in sources.items():
-            array = buffer[source.key]
+            array, label = buffer[source.key], f"{where}/data/{source.key}"
             if on_disk and in_memory is False and name in self.image_keys:
                 array = ChunkCachedArray(array, self.cache_bytes // max(1, len(self.image_keys)))
-                arrays[name] = array if _is_plain(source) else MappedArray(array, source, f"{where}/data/{source.key}")
+                arrays[name] = array if _is_plain(source) else MappedArray(array, source, label)
             elif on_disk or not _is_plain(source):
-                arrays[name] = materialize(MappedArray(array, source, f"{where}/data/{source.key}"), n_steps)
+                arrays[name] = materialize(MappedArray(array, source, label), buffer.n_steps)
             else:
                 arrays[name] = array  # a snapshot: later appends stay unseen
-        for key in self.image_keys:
-            check_image_array(key, arrays[key], leading=1)
-        _check_finite({key: arrays[key] for key in arrays if key not in self.image_keys}, where)
-        self.in_memory = not any(isinstance(a, (ChunkCachedArray, MappedArray)) for a in arrays.values())
-
-        masks = buffer.attrs.get("masks") or {}
-        if "train" in masks and "valid" in masks:  # the store's own split (robomimic filter keys) wins
-            logger.info("%s: training on its 'train' mask (%d episodes), validating on 'valid' (%d); val_ratio "
-                        "is not used", where, len(masks["train"]), len(masks["valid"]))
-            train_mask, val_mask = split_from_masks(buffer.n_episodes, masks, seed, max_train_episodes)
-        else:
-            train_mask, val_mask = split_episodes(buffer.n_episodes, val_ratio, seed, max_train_episodes)
-        self.train_episodes, self.val_episodes = np.flatnonzero(train_mask), np.flatnonzero(val_mask)
-        self._train_mask, self._val_mask = train_mask, val_mask
-        self._episode_ends = buffer.episode_ends
-        self._pads = dict(pad_before=n_obs_steps - 1, pad_after=n_action_steps - 1)
-        self.sampler = SequenceSampler(self._episode_ends, horizon, episode_mask=train_mask, **self._pads)
-        self.n_obs_steps = n_obs_steps
-        self.action_dim = int(action_shape[0])
-        self._arrays = arrays
-        self._episode_lengths = buffer.episode_lengths
-        self._first_k = {key: n_obs_steps for key in self.obs_keys}
+        return arrays
 
     def __len__(self) -> int:
         """Number of windows."""
@@ -145,6 +144,18 @@ class SequenceDataset(Dataset):
         steps = np.repeat(self._train_mask, self._episode_lengths)
         keys = [key for key in self.obs_keys if key not in self.image_keys] + [ACTION_KEY]
         return Normalizer.fit({key: np.asarray(self._arrays[key][0 : len(steps)])[steps] for key in keys}, mode=mode)
+
+
+def _split(buffer: ReplayBuffer, val_ratio: float, seed: int, max_train_episodes: int | None,
+           where: str) -> tuple[np.ndarray, np.ndarray]:
+    """Train / validation episode masks: the store's ``train`` / ``valid`` masks (robomimic's filter keys)
+    when it has them, else a seeded split by ``val_ratio``."""
+    masks = buffer.attrs.get("masks") or {}
+    if "train" in masks and "valid" in masks:
+        logger.info("%s: training on its 'train' mask (%d episodes), validating on 'valid' (%d); val_ratio "
+                    "is not used", where, len(masks["train"]), len(masks["valid"]))
+        return split_from_masks(buffer.n_episodes, masks, seed, max_train_episodes)
+    return split_episodes(buffer.n_episodes, val_ratio, seed, max_train_episodes)
 
 
 def _is_plain(source: Source) -> bool:
