@@ -57,7 +57,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils.data import DataLoader
 
-from diffusion_policy.core.cpu_features import native_bf16
+from diffusion_policy.core.cpu_features import cpu_model, native_bf16
 from diffusion_policy.core.cpu_malloc import keep_freed_memory
 from diffusion_policy.core.ema import EMA
 from diffusion_policy.core.fused_adamw import FusedAdamW
@@ -324,18 +324,12 @@ def run(quick: bool, device: torch.device, cases: list[str]) -> dict:
 
 
 def machine_info(device: torch.device) -> dict[str, object]:
-    cpu = "unknown"
-    if Path("/proc/cpuinfo").exists():
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
     return {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "aten_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "native_bf16": native_bf16(),

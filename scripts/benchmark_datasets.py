@@ -12,7 +12,7 @@ Steps (each a command a user runs, or the library calls behind one):
    frames/s each way, numbers compared exactly, the image error of the codec, video decoding alone.
 2. Loader throughput: image windows/s (`pixels` + `agent_pos`, To = 2, T = 16) through the trainer's
    DataLoader (batch 64, shuffled), from memory and from disk through the chunk cache, with 0 and 2
-   worker processes.
+   worker processes; and from the big store of step 3 through a cache that holds a twentieth of it.
 3. A store of the same episodes repeated until it holds `--big-gb` GB of decoded frames, then a short
    training (`scripts/train.py`, the CPU image policy) in a memory cgroup capped at `--cap-gb`: the
    dataset sees the cap, reads images from disk, and the peak memory of the run is recorded.
@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from diffusion_policy.core.cpu_features import cpu_model, native_bf16
 from diffusion_policy.data.dataset import SequenceDataset
 from diffusion_policy.data.formats.video import decode_at
 from diffusion_policy.data.replay_buffer import ReplayBuffer
@@ -44,7 +45,7 @@ OBS = {"pixels": {"key": "img"}, "agent_pos": {"key": "state", "slice": [0, 2]}}
 
 
 def run(command: list[str]) -> None:
-    print("$", " ".join(command).replace(PYTHON, "python"), flush=True)
+    print("$", " ".join(command).replace(PYTHON, "python").replace(f"{SCRIPTS}/", "scripts/"), flush=True)
     subprocess.run(command, check=True)
 
 
@@ -122,11 +123,14 @@ def windows_per_s(dataset: SequenceDataset, workers: int, batches: int) -> float
     return batches * 64 / (time.perf_counter() - start)
 
 
-def loader(store: Path, batches: int) -> dict:
-    buffer = ReplayBuffer.open(store)
+def loader(store: Path, big: Path, batches: int) -> dict:
+    """Windows/s from memory and from disk (a cache that holds the whole store once warm), and from the
+    big store through a 256 MiB cache per process, which holds about a twentieth of it (cold reads)."""
     results = {}
-    for mode, in_memory in (("memory", True), ("disk_chunk_cache", False)):
-        dataset = SequenceDataset(buffer, OBS, horizon=16, n_obs_steps=2, n_action_steps=8, in_memory=in_memory)
+    for mode, path, in_memory, cache in (("memory", store, True, None), ("disk_chunk_cache", store, False, None),
+                                         ("big_store_disk_cache_256MiB", big, False, 256 << 20)):
+        dataset = SequenceDataset(ReplayBuffer.open(path), OBS, horizon=16, n_obs_steps=2, n_action_steps=8,
+                                  in_memory=in_memory, cache_bytes=cache)
         for workers in (0, 2):
             results[f"{mode}_workers{workers}"] = windows_per_s(dataset, workers, batches)
             print(f"{mode:<17} workers {workers}: {results[f'{mode}_workers{workers}']:,.0f} windows/s", flush=True)
@@ -181,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/datasets"))
     parser.add_argument("--json", type=Path, default=Path("benchmarks/datasets.json"))
     parser.add_argument("--episodes", type=int, default=200)
-    parser.add_argument("--batches", type=int, default=40)
+    parser.add_argument("--batches", type=int, default=100)
     parser.add_argument("--big-gb", type=float, default=4.0, help="decoded size of the store for the capped run")
     parser.add_argument("--cap-gb", type=float, default=2.0, help="memory cap of the training process")
     parser.add_argument("--steps", type=int, default=30, help="training steps of the capped run")
@@ -189,11 +193,12 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(2)
     report: dict = {"machine": {"date": datetime.datetime.now().isoformat(timespec="seconds"),
-                                "platform": platform.platform(), "cpu_count": os.cpu_count()}}
+                                "platform": platform.platform(), "cpu": cpu_model(),
+                                "native_bf16": native_bf16(), "cpu_count": os.cpu_count()}}
     report["conversion"] = conversion(args.out, args.episodes)
     report["lerobot"] = lerobot_round_trip(args.out)
-    report["loader_windows_per_s"] = loader(args.out / "pixels.zarr", args.batches)
     report["big_store"] = big_store(args.out / "pixels.zarr", args.out / "big.zarr", args.big_gb)
+    report["loader_windows_per_s"] = loader(args.out / "pixels.zarr", args.out / "big.zarr", args.batches)
     report["capped_training"] = capped_training(args.out / "big.zarr", args.out / "capped_run", args.cap_gb,
                                                 args.steps)
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -43,3 +43,13 @@ def fast_dtype(device: torch.device) -> torch.dtype:
     """The weight dtype of the fast inference snapshot on ``device``: bf16 on CUDA and on CPUs with native
     bf16, float32 elsewhere."""
     return torch.bfloat16 if device.type == "cuda" or native_bf16() else torch.float32
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), or the platform's processor string; for benchmark records."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
