@@ -183,3 +183,16 @@ def test_lerobot_pusht_layout_trains_and_evaluates_with_the_shipped_task_config(
                                                 n_envs=1, vector="sync", n_videos=0, max_episode_steps=6),
                              progress=False)
     assert result.lengths == [6]
+
+
+@pytest.mark.parametrize(("codec", "name"), [("libx264", "h264"), ("libx265", "hevc")])
+def test_h264_and_hevc_videos_decode_frame_exact(tmp_path, codec, name):
+    """Older LeRobot datasets are H.264 or HEVC: both decode at the right frames (AV1 is covered above)."""
+    ours = smooth_store(tmp_path / "ours.zarr")
+    info = export_lerobot(ours, tmp_path / "lerobot", fps=10, codec=codec, progress=False)
+    assert info["features"]["observation.images.camera"]["info"]["video.codec"] == name
+    convert(LeRobotSource(tmp_path / "lerobot"), tmp_path / "back.zarr", progress=False)
+    back = ReplayBuffer.open(tmp_path / "back.zarr")
+    error = np.abs(back["camera"][:].astype(int) - ours["camera"][:].astype(int))
+    assert error.mean() < 2.0  # a frame off by one step would differ by 10 in the red ramp
+    np.testing.assert_array_equal(back["agent_pos"][:], ours["agent_pos"][:])

@@ -182,8 +182,7 @@ def _write_video(buffer: ReplayBuffer, key: str, name: str, fps: int, codec: str
         start, stop = writer.add_episode(frame_batches(buffer[key], sl.start, sl.stop))
         spans.append((0, file_index, start, stop))
     writer.close()
-    return {"episodes": spans, "info": {"video.codec": "av1" if writer.codec_name == "libsvtav1" else writer.codec_name,
-                                        "video.pix_fmt": "yuv420p"}}
+    return {"episodes": spans, "info": {"video.codec": writer.codec_name, "video.pix_fmt": "yuv420p"}}
 
 
 def _write_tasks(task_list: list[str], path: Path, pa: Any, pq: Any) -> None:

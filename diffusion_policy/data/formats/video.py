@@ -80,7 +80,7 @@ class VideoWriter:
         self._stream = self._container.add_stream(codec, rate=self.fps, options=CODEC_OPTIONS.get(codec, {}))
         self._stream.width, self._stream.height, self._stream.pix_fmt = width, height, "yuv420p"
         self._stream.gop_size = 2
-        self.codec_name = self._stream.codec_context.name
+        self.codec_name = self._stream.codec_context.codec.canonical_name  # av1, h264, hevc (as LeRobot records)
 
     def add_episode(self, frames: Iterable[np.ndarray]) -> tuple[float, float]:
         """Append ``(H, W, 3)`` uint8 frames; returns the episode's ``(from, to)`` time in the file in seconds."""
