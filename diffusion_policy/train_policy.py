@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from diffusion_policy.config_utils import from_dict, to_dict
-from diffusion_policy.core.trainer import Callback, Trainer, TrainerConfig
+from diffusion_policy.core.trainer import Callback, Trainer, TrainerConfig, seed_everything
 from diffusion_policy.data.dataset import SequenceDataset
 from diffusion_policy.data.replay_buffer import ReplayBuffer
 from diffusion_policy.eval.callback import EvalCallback
@@ -123,6 +123,7 @@ def train_policy(
     trainer_config = from_dict(TrainerConfig, trainer_cfg)
     eval_callback = build_eval_callback(eval_cfg, task)
     dataset = build_dataset(task, policy_cfg)
+    seed_everything(trainer_config.seed)  # the policy's initial weights repeat for a seed
     policy = build_policy(policy_cfg, dataset)
     log_config = {"task": to_dict(task), "policy": dict(policy_cfg), "training": to_dict(trainer_config)}
     if eval_callback is not None:

@@ -91,3 +91,15 @@ def test_original_layout_store_trains_and_evaluates_on_both_simulations(task_nam
                                                     n_envs=1, vector="sync", n_videos=0, max_episode_steps=8),
                                  progress=False)
         assert result.lengths == [8]
+
+
+def test_two_trainings_with_the_same_seed_give_the_same_weights(tmp_path):
+    path = tmp_path / "demos.zarr"
+    record_episodes(PUSHT_ID, lambda seed: make_expert(PUSHT_ID, seed), ReplayBuffer.create(path), 2, progress=False,
+                    env_kwargs={"obs_type": "keypoints"})
+    task = {"name": "pusht", "env_id": PUSHT_ID, "dataset": {"path": str(path), "obs_keys": ["agent_pos", "keypoints"],
+                                                             "val_ratio": 0.0}}
+    runs = [train_policy(task, TINY_POLICY, {**TINY_TRAINING, "max_steps": 3}, tmp_path / f"run{i}") for i in (0, 1)]
+    assert (runs[0] / "model.safetensors").read_bytes() == (runs[1] / "model.safetensors").read_bytes()
+    other = train_policy(task, TINY_POLICY, {**TINY_TRAINING, "max_steps": 3, "seed": 7}, tmp_path / "run_seed7")
+    assert (other / "model.safetensors").read_bytes() != (runs[0] / "model.safetensors").read_bytes()

@@ -114,6 +114,13 @@ class Callback:
         return None
 
 
+def seed_everything(seed: int) -> None:
+    """Seed torch, numpy and Python's `random` (call it before building a model, so its init repeats)."""
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
 def cosine_with_warmup(warmup_steps: int, total_steps: int):
     """LR multiplier: linear 0 -> 1 over `warmup_steps`, then half a cosine down to 0 at `total_steps`."""
 
@@ -207,9 +214,7 @@ class Trainer:
         self.batches_per_epoch = len(self.loader)
         self.val_loader = None if val_dataset is None or len(val_dataset) == 0 else self._loader(val_dataset)
         self.logger = RunLogger(self.run_dir, config.wandb, log_config)
-        torch.manual_seed(config.seed)
-        np.random.seed(config.seed)
-        random.seed(config.seed)
+        seed_everything(config.seed)
 
     @property
     def eval_model(self) -> nn.Module:
