@@ -103,7 +103,8 @@ class SequenceDataset(Dataset):
             in_memory = need <= budget
             logger.info("%s: the used keys take %.2f GB decoded, %s half the %.2f GB this process may still use: %s",
                         where, need / 1e9, "within" if in_memory else "over", 2 * budget / 1e9,
-                        "copied into memory" if in_memory else "image keys read from disk through a chunk cache")
+                        "copied into memory" if in_memory else "image keys read from disk through a chunk cache "
+                        "(decoding bound: give the loader workers, e.g. training.num_workers=2)")
         self.cache_bytes = min(budget // 2, 1 << 30) if cache_bytes is None else cache_bytes
         arrays: dict[str, Any] = {}
         for name, source in sources.items():
