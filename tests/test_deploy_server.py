@@ -262,3 +262,9 @@ def test_real_policy_behind_server_matches_local():
     with PolicyServer(local, ANY_PORT).start_in_thread() as server:
         with PolicyClient(server.address, timeout_s=5.0, expected_spec=local.spec) as client:
             np.testing.assert_array_equal(client.predict(request), expected)
+
+
+def test_client_refuses_a_non_finite_chunk(fake, client, monkeypatch):
+    monkeypatch.setattr(fake, "predict", lambda request: np.full((16, 2), np.nan, np.float32))
+    with pytest.raises(RemotePolicyError, match="non-finite action chunk"):
+        client.predict(ChunkRequest(observation()))

@@ -191,3 +191,19 @@ def test_overfits_tiny_dataset(kind, tmp_path):
     obs = {"pos": item["obs"]["pos"][None]}
     pred = policy.eval().predict_action(obs, generator=torch.Generator().manual_seed(0))["action_pred"][0]
     assert (pred - item["action"]).abs().max() < 0.05
+
+
+def test_huge_observation_raises_instead_of_returning_nan_actions():
+    torch.manual_seed(0)
+    policy = DiffusionPolicy(small_config(), normalizer()).eval()
+    obs = observation(batch=2)
+    obs["pos"] = torch.full_like(obs["pos"], 1e30)
+    with pytest.raises(ValueError, match=r"non-finite action chunk from observations with pos in \[1e\+30, 1e\+30\], "
+                                         r"vel in .*; its training data had pos in \[-1.98905, 1.98884\]"):
+        policy.predict_action(obs)
+
+
+def test_batch_of_zero_observations_is_named():
+    policy = DiffusionPolicy(small_config(), normalizer()).eval()
+    with pytest.raises(ValueError, match=r"'pos' has shape \(0, 2, 2\): a batch of 0 observations"):
+        policy.predict_action({"pos": torch.zeros(0, 2, 2), "vel": torch.zeros(0, 2, 3)})

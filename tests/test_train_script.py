@@ -62,3 +62,17 @@ def test_missing_dataset_says_how_to_make_one(tmp_path):
     result = run_train(f"task.dataset.path={tmp_path / 'none.zarr'}", f"run_dir={tmp_path}")
     assert result.returncode != 0
     assert "generate_demos.py" in result.stderr
+
+
+def test_resume_gives_the_weights_of_an_independent_uninterrupted_run(demos, tmp_path):
+    common = ["policy=diffusion_unet_small", "training=demo", "policy.network.down_dims=[8,16]",
+              "policy.network.step_embed_dim=8", "policy.horizon=8", "policy.n_action_steps=4",
+              "training.batch_size=8", "training.checkpoint_every=3", "training.progress=false",
+              "eval.enabled=false", f"task.dataset.path={demos}"]
+    straight = run_train(*common, "training.max_steps=6", f"run_dir={tmp_path / 'straight'}")
+    assert straight.returncode == 0, straight.stderr
+    for extra in (["training.max_steps=3"], ["training.max_steps=6", "resume=true"]):
+        result = run_train(*common, *extra, f"run_dir={tmp_path / 'resumed'}")
+        assert result.returncode == 0, result.stderr
+    weights = [(tmp_path / run / "policy" / "model.safetensors").read_bytes() for run in ("straight", "resumed")]
+    assert weights[0] == weights[1]

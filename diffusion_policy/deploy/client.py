@@ -73,6 +73,8 @@ class PolicyClient:
             got = {name: (a.dtype.name, a.shape) for name, a in out.items()}
             raise RemotePolicyError(f"policy server {self.address} replied type={reply.get('type')!r} with "
                                     f"arrays {got}; expected type 'chunk' with 'action' float32 {expected}")
+        if not np.isfinite(chunk).all():
+            raise RemotePolicyError(f"policy server {self.address} sent a non-finite action chunk; refusing to use it")
         self.last_inference_s = float(reply.get("inference_s", float("nan")))
         self.last_round_trip_s = time.perf_counter() - start
         return chunk.copy()  # writable and independent of the receive buffer

@@ -118,8 +118,17 @@ class BasePolicy(nn.Module):
             raise ValueError(f"{prefix_guidance=} needs a prefix to guide towards")
         chunk = self.sample_chunk(cond, generator, noise, known, mask, prefix_guidance)
         action_pred = self.normalizer.unnormalize("action", chunk)
+        if not torch.isfinite(action_pred).all():
+            seen = _ranges({k: (float(v.min()), float(v.max())) for k, v in obs.items() if k not in self._image_keys})
+            raise ValueError(f"the policy produced a non-finite action chunk from observations with {seen}; its "
+                             f"training data had {_ranges(self._training_ranges())}")
         start = self.config.n_obs_steps - 1
         return {"action": action_pred[:, start : start + self.config.n_action_steps], "action_pred": action_pred}
+
+    def _training_ranges(self) -> dict[str, tuple[float, float]]:
+        """Per low-dim key, the least and greatest value of the normaliser's statistics (its training data)."""
+        return {key: (float(self.normalizer.params[key].min.min()), float(self.normalizer.params[key].max.max()))
+                for key in self.config.obs_shapes if key not in self._image_keys}
 
     def _prefix_constraint(
         self, prefix: torch.Tensor | None, weights: torch.Tensor | None, batch: int
@@ -217,6 +226,8 @@ def validate_obs(
             raise ValueError(f"observation {key!r} has shape {tuple(value.shape)}; expected (B, To, ...) = {expected}"
                              + (f": {hint}" if hint else ""))
         batch = value.shape[0]
+        if batch == 0:
+            raise ValueError(f"observation {key!r} has shape {tuple(value.shape)}: a batch of 0 observations")
         if key in image_keys:
             if value.dtype != torch.uint8:
                 raise TypeError(f"image {key!r} of shape {tuple(value.shape)} has dtype {value.dtype}; "
@@ -228,6 +239,11 @@ def validate_obs(
             raise ValueError(f"observation {key!r} contains NaN or inf")
         out[key] = value
     return out
+
+
+def _ranges(ranges: Mapping[str, tuple[float, float]]) -> str:
+    """`{key: (low, high)}` as "key in [low, high], ..." for error messages."""
+    return ", ".join(f"{key} in [{low:.6g}, {high:.6g}]" for key, (low, high) in ranges.items())
 
 
 def _is_int(value: torch.Tensor) -> bool:
