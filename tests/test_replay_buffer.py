@@ -282,3 +282,15 @@ def test_open_rejects_corrupt_episode_ends(tmp_path: Path) -> None:
     shutil.rmtree(path / "meta")
     with pytest.raises(ValueError, match="episode_ends"):
         ReplayBuffer.open(path)
+
+
+def test_trailing_non_increasing_end_other_than_zero_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "buf.zarr"
+    buffer = ReplayBuffer.create(path)
+    for episode in EPISODES[:2]:
+        buffer.add_episode(episode)
+    root = zarr.open_group(str(path), mode="r+")
+    root["meta/episode_ends"].resize((3,))
+    root["meta/episode_ends"][2] = 5  # not what an interrupted append leaves (0)
+    with pytest.raises(ValueError, match=r"meta/episode_ends\[2\]=5 is not after the previous end 14"):
+        ReplayBuffer.open(path)

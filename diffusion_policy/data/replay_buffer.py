@@ -31,11 +31,15 @@ _ALLOWED_KINDS = "biuf"  # bool, signed/unsigned int, float
 
 
 def _validated_ends(raw: np.ndarray, where: str) -> np.ndarray:
-    """Check ``meta/episode_ends`` (n_episodes,); drop one trailing entry left by an interrupted append."""
+    """Check ``meta/episode_ends`` (n_episodes,); drop one trailing 0 left by an interrupted append (with a
+    warning), and raise on any other end that does not increase."""
     if raw.ndim != 1 or raw.dtype.kind not in "iu":
         raise ValueError(f"{where}: meta/episode_ends must be 1-D integer, got {raw.shape} {raw.dtype}")
     ends = raw.astype(np.int64)
     lengths = np.diff(ends, prepend=0)
+    if len(ends) and lengths[-1] <= 0 and ends[-1] != 0:  # an interrupted append leaves exactly 0 there
+        raise ValueError(f"{where}: meta/episode_ends[{len(ends) - 1}]={ends[-1]} is not after the previous end "
+                         f"{ends[-2] if len(ends) > 1 else 0}; an interrupted append leaves 0 there, not this")
     if len(ends) and lengths[-1] <= 0:
         warnings.warn(
             f"{where}: dropping trailing episode_ends[{len(ends) - 1}]={ends[-1]} (not after "
