@@ -201,13 +201,18 @@ def test_lookup_errors() -> None:
         buffer.episode_slice(-2)
 
 
-def test_crash_mid_append_hides_partial_episode(tmp_path: Path) -> None:
-    path = tmp_path / "buf.zarr"
+def two_episode_store(path: Path) -> zarr.Group:
+    """A store of EPISODES[:2] at `path`, opened with zarr for writing behind the buffer's back."""
     buffer = ReplayBuffer.create(path)
     for episode in EPISODES[:2]:
         buffer.add_episode(episode)
+    return zarr.open_group(str(path), mode="r+")
+
+
+def test_crash_mid_append_hides_partial_episode(tmp_path: Path) -> None:
+    path = tmp_path / "buf.zarr"
     # Simulate a crash: data of a third episode written, then episode_ends resized but never written.
-    root = zarr.open_group(str(path), mode="r+")
+    root = two_episode_store(path)
     for key, value in EPISODES[2].items():
         arr = root[f"data/{key}"]
         arr.resize((arr.shape[0] + 7, *arr.shape[1:]))
@@ -286,10 +291,7 @@ def test_open_rejects_corrupt_episode_ends(tmp_path: Path) -> None:
 
 def test_trailing_non_increasing_end_other_than_zero_is_an_error(tmp_path: Path) -> None:
     path = tmp_path / "buf.zarr"
-    buffer = ReplayBuffer.create(path)
-    for episode in EPISODES[:2]:
-        buffer.add_episode(episode)
-    root = zarr.open_group(str(path), mode="r+")
+    root = two_episode_store(path)
     root["meta/episode_ends"].resize((3,))
     root["meta/episode_ends"][2] = 5  # not what an interrupted append leaves (0)
     with pytest.raises(ValueError, match=r"meta/episode_ends\[2\]=5 is not after the previous end 14"):

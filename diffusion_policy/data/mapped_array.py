@@ -27,6 +27,7 @@ class MappedArray:
         self.shape = (int(array.shape[0]), *source.out_shape(source.shape))
         self.dtype = np.dtype(np.uint8) if source.image_range is not None else np.dtype(array.dtype)
         self.ndim = len(self.shape)
+        self.source_step_bytes = int(np.prod(source.shape)) * np.dtype(array.dtype).itemsize
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -42,8 +43,7 @@ class MappedArray:
 def materialize(mapped: MappedArray, n_steps: int) -> np.ndarray:
     """The first ``n_steps`` steps of ``mapped`` as one numpy array, read in blocks of about 64 MiB."""
     out = np.empty((n_steps, *mapped.shape[1:]), mapped.dtype)
-    row_bytes = max(1, int(np.prod(mapped.source.shape)) * np.dtype(mapped._array.dtype).itemsize)
-    block = max(1, _BLOCK_BYTES // row_bytes)
+    block = max(1, _BLOCK_BYTES // max(1, mapped.source_step_bytes))
     for lo in range(0, n_steps, block):
         hi = min(n_steps, lo + block)
         out[lo:hi] = mapped[lo:hi]

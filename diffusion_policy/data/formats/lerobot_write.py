@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +104,8 @@ def export_lerobot(buffer: ReplayBuffer, out: str | Path, *, fps: int, tasks: li
                 "splits": {"train": f"0:{buffer.n_episodes}"}, "data_path": DATA_PATH,
                 "video_path": VIDEO_PATH if cameras else None, "features": features}
         (tmp / "meta" / "info.json").write_text(json.dumps(info, indent=4))
-        (tmp / "meta" / "stats.json").write_text(json.dumps(_stats(buffer, names, cameras), indent=4))
+        samples = {key: spans.pop("sample") for key, spans in videos.items()}
+        (tmp / "meta" / "stats.json").write_text(json.dumps(_stats(buffer, names, samples), indent=4))
     return info
 
 
@@ -168,9 +170,18 @@ def _column(values: np.ndarray, pa: Any) -> Any:
 
 def _write_video(buffer: ReplayBuffer, key: str, name: str, fps: int, codec: str, root: Path,
                  progress: bool) -> dict[str, Any]:
-    """One camera's episodes into mp4 files of ~VIDEO_FILE_MB of raw frames; where each episode lies."""
+    """One camera's episodes into mp4 files of ~VIDEO_FILE_MB of raw frames; where each episode lies, and
+    the frames at the ``stat_steps`` of ``_stats`` (kept as they pass, so no frame is read twice)."""
     h, w, _ = (int(d) for d in buffer[key].shape[1:])
     frame_bytes, spans, writer, file_index = h * w * 3, [], None, -1
+    wanted, sample = set(stat_steps(buffer.n_steps).tolist()), []
+
+    def kept(frames: Iterator[np.ndarray], step: int) -> Iterator[np.ndarray]:
+        for i, frame in enumerate(frames, start=step):
+            if i in wanted:
+                sample.append(frame)
+            yield frame
+
     for e in tqdm(range(buffer.n_episodes), desc=f"video {key}", unit="episode", disable=not progress):
         sl = buffer.episode_slice(e)
         if writer is None or writer.frames and (writer.frames + sl.stop - sl.start) * frame_bytes > VIDEO_FILE_MB * 1e6:
@@ -179,10 +190,11 @@ def _write_video(buffer: ReplayBuffer, key: str, name: str, fps: int, codec: str
             file_index += 1
             writer = VideoWriter(root / VIDEO_PATH.format(video_key=name, chunk_index=0, file_index=file_index), fps,
                                  h, w, codec)
-        start, stop = writer.add_episode(frame_batches(buffer[key], sl.start, sl.stop))
+        start, stop = writer.add_episode(kept(frame_batches(buffer[key], sl.start, sl.stop), sl.start))
         spans.append((0, file_index, start, stop))
     writer.close()
-    return {"episodes": spans, "info": {"video.codec": writer.codec_name, "video.pix_fmt": "yuv420p"}}
+    return {"episodes": spans, "info": {"video.codec": writer.codec_name, "video.pix_fmt": "yuv420p"},
+            "sample": np.stack(sample)}
 
 
 def _write_tasks(task_list: list[str], path: Path, pa: Any, pq: Any) -> None:
@@ -201,20 +213,23 @@ def _write_tasks(task_list: list[str], path: Path, pa: Any, pq: Any) -> None:
     pq.write_table(table.replace_schema_metadata({"pandas": json.dumps(pandas_meta)}), path)
 
 
-def _stats(buffer: ReplayBuffer, names: dict[str, str], cameras: list[str]) -> dict[str, Any]:
-    """Per feature: min, max, mean, std, count and quantiles over all steps (images: per channel in [0, 1],
-    from up to 4096 evenly spaced frames)."""
+def stat_steps(n_steps: int) -> np.ndarray:
+    """The (up to 4096) evenly spaced steps whose camera frames the image statistics are taken from."""
+    return np.unique(np.linspace(0, n_steps - 1, min(n_steps, 4096)).astype(int))
+
+
+def _stats(buffer: ReplayBuffer, names: dict[str, str], samples: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Per feature: min, max, mean, std, count and quantiles over all steps (a camera: per channel in
+    [0, 1], from its frames at ``stat_steps``, given in ``samples``)."""
     stats = {}
     for key, name in names.items():
-        array = buffer[key]
-        if key in cameras:
-            steps = np.unique(np.linspace(0, buffer.n_steps - 1, min(buffer.n_steps, 4096)).astype(int))
-            values = np.stack([np.asarray(array[int(i) : int(i) + 1])[0] for i in steps]).reshape(-1, 3) / 255.0
+        if key in samples:
+            values = samples[key].reshape(-1, 3) / 255.0
         else:
-            values = np.asarray(array[:]).reshape(buffer.n_steps, -1).astype(np.float64)
+            values = np.asarray(buffer[key][:]).reshape(buffer.n_steps, -1).astype(np.float64)
         entry = {"min": values.min(0), "max": values.max(0), "mean": values.mean(0), "std": values.std(0)}
         entry.update({f"q{round(q * 100):02d}": np.quantile(values, q, axis=0) for q in QUANTILES})
-        shape = (-1, 1, 1) if key in cameras else (-1,)
+        shape = (-1, 1, 1) if key in samples else (-1,)
         stats[name] = {k: np.asarray(v).reshape(shape).tolist() for k, v in entry.items()}
-        stats[name]["count"] = [int(len(values) if key not in cameras else len(steps))]
+        stats[name]["count"] = [int(len(samples[key]) if key in samples else len(values))]
     return stats
