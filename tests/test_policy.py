@@ -72,8 +72,8 @@ def test_numpy_observations_accepted(policy):
 
 def test_save_load_round_trip(policy, tmp_path):
     policy.save(tmp_path / "p")
-    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["config.json", "model.safetensors",
-                                                                  "normalizer.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == [
+        "MANIFEST.sha256", "config.json", "model.safetensors", "normalizer.safetensors"]
     loaded = load_policy(tmp_path / "p")
     assert isinstance(loaded, DiffusionPolicy) and loaded.config == policy.config
     noise = torch.randn(3, 8, 2)
@@ -101,7 +101,7 @@ def test_load_into_mismatched_config_names_field(policy, tmp_path):
 
 def test_loading_wrong_kind_raises(policy, tmp_path):
     policy.save(tmp_path / "p")
-    with pytest.raises(ValueError, match="'diffusion' policy, not 'regression'"):
+    with pytest.raises(ValueError, match=r"config.json holds kind='diffusion'; expected one of \['regression'\]"):
         RegressionPolicy.load(tmp_path / "p")
 
 

@@ -27,11 +27,14 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from diffusion_policy.core.checkpoint import (
+    CheckpointError,
     atomic_directory,
     load_tensors,
     load_torch,
     save_tensors,
+    save_text,
     save_torch,
+    verify_manifest,
 )
 from diffusion_policy.core.cpu_features import native_bf16
 from diffusion_policy.core.cpu_malloc import keep_freed_memory
@@ -363,24 +366,26 @@ class Trainer:
         }
 
     def save_checkpoint(self) -> Path:
-        """Write the complete training state to `checkpoints/step_XXXXXXXX/` atomically."""
+        """Write the complete training state to `checkpoints/step_XXXXXXXX/` atomically, with a manifest."""
         target = self.checkpoint_dir / f"step_{self.step:08d}"
-        with atomic_directory(target) as tmp:
+        with atomic_directory(target, manifest=True) as tmp:
             save_tensors(self.model.state_dict(), tmp / "model.safetensors")
             if self.ema is not None:
                 save_tensors(self.ema.state_dict(), tmp / "ema.safetensors")
             save_torch(self._training_state(), tmp / "train_state.pt")
             if isinstance(self.eval_model, Exportable):
                 self.eval_model.save(tmp / "policy")
-        (self.checkpoint_dir / "latest.tmp").write_text(target.name + "\n")
-        (self.checkpoint_dir / "latest.tmp").replace(self.checkpoint_dir / "latest")
+        save_text(target.name + "\n", self.checkpoint_dir / "latest")
         self._prune_checkpoints()
         return target
 
     def _prune_checkpoints(self) -> None:
-        done = sorted(p for p in self.checkpoint_dir.glob("step_*") if p.is_dir())
-        for old in done[: -self.config.keep_checkpoints]:
+        for old in self.checkpoints()[self.config.keep_checkpoints:]:
             shutil.rmtree(old)
+
+    def checkpoints(self) -> list[Path]:
+        """This run's checkpoint directories, newest first."""
+        return sorted((p for p in self.checkpoint_dir.glob("step_*") if p.is_dir()), reverse=True)
 
     def latest_checkpoint(self) -> Path | None:
         """The newest complete checkpoint of this run directory, if any."""
@@ -388,10 +393,34 @@ class Trainer:
         return self.checkpoint_dir / pointer.read_text().strip() if pointer.is_file() else None
 
     def resume(self, checkpoint: str | Path | None = None) -> bool:
-        """Restore weights, EMA, optimizer, LR schedule, RNG and position; False if nothing to resume."""
-        path = Path(checkpoint) if checkpoint is not None else self.latest_checkpoint()
-        if path is None:
-            return False
+        """Restore weights, EMA, optimizer, LR schedule, RNG and position; False if nothing to resume.
+
+        Without `checkpoint`, the newest one is taken; if it is damaged (a file missing, truncated or
+        differing from its manifest) the next older intact one is, with a warning naming the damage.
+        """
+        if checkpoint is not None:
+            self._restore(Path(checkpoint))
+            return True
+        latest = self.latest_checkpoint()
+        candidates = ([latest] if latest is not None and latest.is_dir() else []) + \
+            [p for p in self.checkpoints() if p != latest]
+        failures = []
+        for path in candidates:
+            try:
+                self._restore(path)
+            except (CheckpointError, FileNotFoundError, KeyError) as exc:
+                failures.append(f"{path}: {exc}")
+                continue
+            if failures:
+                warnings.warn(f"resumed from {path.name}, not the newest checkpoint: " + "; ".join(failures),
+                              stacklevel=2)
+            return True
+        if failures:
+            raise CheckpointError(f"no intact checkpoint in {self.checkpoint_dir}: " + "; ".join(failures))
+        return False
+
+    def _restore(self, path: Path) -> None:
+        verify_manifest(path)
         self.model.load_state_dict(load_tensors(path / "model.safetensors", self.device))
         if self.ema is not None:
             self.ema.load_state_dict(load_tensors(path / "ema.safetensors", self.device))
@@ -407,4 +436,3 @@ class Trainer:
         name, keys, *rest = state["rng_numpy"]
         np.random.set_state((name, keys.numpy(), *rest))
         random.setstate(state["rng_python"])
-        return True

@@ -11,14 +11,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from diffusion_policy.config_utils import from_dict, to_dict
-from diffusion_policy.core.checkpoint import atomic_directory, load_json, load_tensors, save_json, save_tensors
+from diffusion_policy.core.artifact import config_from, read_artifact, save_artifact
+from diffusion_policy.core.checkpoint import load_tensors
 from diffusion_policy.core.sampling import classifier_free_guidance, sample
 from diffusion_policy.core.schedulers import SCHEDULER_NAMES, SchedulerConfig, make_scheduler
 from diffusion_policy.core.targets import training_target
@@ -27,7 +26,6 @@ from diffusion_policy.models.unet2d import UNet2D, UNet2DConfig
 
 NETWORKS = ("ours", "diffusers")
 KIND = "image_diffusion"
-FORMAT_VERSION = 1
 
 
 def _image_schedule() -> SchedulerConfig:
@@ -163,18 +161,13 @@ class ImageDiffusionModel(nn.Module):
 
     def save(self, path: str | Path) -> None:
         """Write a self-contained model directory (``config.json`` + ``model.safetensors``) atomically."""
-        with atomic_directory(path) as tmp:
-            save_tensors(self.network.state_dict(), tmp / "model.safetensors")
-            save_json({"kind": KIND, "format_version": FORMAT_VERSION, "config": to_dict(self.config)},
-                      tmp / "config.json")
+        save_artifact(path, KIND, self.config, {"model": self.network.state_dict()})
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> ImageDiffusionModel:
         """Rebuild a model from a directory written by :meth:`save`."""
         path = Path(path)
-        meta: dict[str, Any] = load_json(path / "config.json")
-        if meta.get("kind") != KIND:
-            raise ValueError(f"{path} holds a {meta.get('kind')!r} model, not {KIND!r}")
-        model = cls(from_dict(ImageModelConfig, meta["config"]))
+        _, stored = read_artifact(path, [KIND])
+        model = cls(config_from(ImageModelConfig, stored, path))
         model.network.load_state_dict(load_tensors(path / "model.safetensors"))
         return model.to(device).eval()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from diffusion_policy.core.checkpoint import load_json
+from diffusion_policy.core.artifact import read_artifact
 from diffusion_policy.policy.base import BasePolicy
 from diffusion_policy.policy.config import DiffusionPolicyConfig, PolicyConfig, RegressionPolicyConfig
 from diffusion_policy.policy.diffusion_policy import DiffusionPolicy
@@ -17,9 +17,7 @@ POLICY_CLASSES: dict[str, type[BasePolicy]] = {cls.kind: cls for cls in (Diffusi
 
 def load_policy(path: str | Path, device: str | torch.device = "cpu") -> BasePolicy:
     """Load any saved policy directory (a checkpoint's `policy/` or a training run's export)."""
-    kind = load_json(Path(path) / "config.json").get("kind")
-    if kind not in POLICY_CLASSES:
-        raise ValueError(f"{path}: unknown policy kind {kind!r}; known kinds: {sorted(POLICY_CLASSES)}")
+    kind, _ = read_artifact(path, POLICY_CLASSES)
     return POLICY_CLASSES[kind].load(path, device)
 
 

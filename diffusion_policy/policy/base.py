@@ -15,15 +15,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from diffusion_policy.config_utils import from_dict, to_dict
-from diffusion_policy.core.checkpoint import atomic_directory, load_json, load_tensors, save_json, save_tensors
+from diffusion_policy.config_utils import to_dict
+from diffusion_policy.core.artifact import config_from, read_artifact, save_artifact
+from diffusion_policy.core.checkpoint import load_tensors
 from diffusion_policy.data.images import image_shape_problem
 from diffusion_policy.data.normalizer import Normalizer
 from diffusion_policy.models.lowdim_encoder import LowDimObsEncoder
 from diffusion_policy.models.vision_encoder import MultiObsEncoder
 from diffusion_policy.policy.config import PolicyConfig
 
-FORMAT_VERSION = 1
 ObsLike = Mapping[str, torch.Tensor | np.ndarray]
 
 
@@ -158,20 +158,14 @@ class BasePolicy(nn.Module):
     def save(self, path: str | Path) -> None:
         """Write the self-contained policy directory atomically."""
         weights = {k: v for k, v in self.state_dict().items() if not k.startswith("normalizer.")}
-        with atomic_directory(path) as tmp:
-            save_tensors(weights, tmp / "model.safetensors")
-            save_tensors(self.normalizer.state_dict(), tmp / "normalizer.safetensors")
-            save_json({"kind": self.kind, "format_version": FORMAT_VERSION, "config": to_dict(self.config)},
-                      tmp / "config.json")
+        save_artifact(path, self.kind, self.config, {"model": weights, "normalizer": self.normalizer.state_dict()})
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> BasePolicy:
         """Rebuild a policy from a directory written by `save`."""
         path = Path(path)
-        meta = load_json(path / "config.json")
-        if meta.get("kind") != cls.kind:
-            raise ValueError(f"{path} holds a {meta.get('kind')!r} policy, not {cls.kind!r}")
-        config = from_dict(cls.config_class, meta["config"])
+        _, stored = read_artifact(path, [cls.kind])
+        config = config_from(cls.config_class, stored, path)
         normalizer = Normalizer.from_state_dict(load_tensors(path / "normalizer.safetensors"))
         policy = cls(config, normalizer)
         policy.load_weights(path, check_config=False)
@@ -183,8 +177,8 @@ class BasePolicy(nn.Module):
         Raises ValueError naming every config field that differs, or the tensors that do not fit.
         """
         path = Path(path)
+        _, stored = read_artifact(path, [self.kind])
         if check_config:
-            stored = load_json(path / "config.json")["config"]
             ours = to_dict(self.config)
             diff = [f"{k}: checkpoint {stored.get(k)!r} vs policy {ours.get(k)!r}"
                     for k in sorted(set(stored) | set(ours)) if stored.get(k) != ours.get(k)]
