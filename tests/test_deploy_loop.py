@@ -121,10 +121,12 @@ def test_nan_actions_are_never_sent():
 
     robot, log, _ = run(NaNPolicy(latency=0.0, period=0.05), max_ticks=30)
     assert all(np.isfinite(a).all() for _, a in robot.received)
-    kinds = log.summary()["interventions"]
-    assert kinds.get("non_finite", 0) >= 1
-    held = [i for i in log.interventions if i.kind == "non_finite"]
-    assert all(i.time > 0 and i.tick > 0 for i in held)
+    assert log.stop_reason == "max_ticks"  # one bad chunk is refused; the plan in hand goes on
+    refused = [i for i in log.interventions if i.kind == "bad_chunk"]
+    assert len(refused) == 1
+    assert refused[0].detail.startswith("chunk 1: chunk with NaN or inf in 16 of 16 rows "
+                                        "(first: [0, 1, 2, 3, 4, 5, 6, 7])")
+    assert all(i.time > 0 and i.tick > 0 for i in refused)
 
 
 def test_policy_exception_holds_then_stops():

@@ -9,6 +9,11 @@ holds the last safe command, and without a fresh chunk for `safety.stop_after_s`
 Start-up: the first chunk is computed before the clock starts (the robot is at rest, holding), and
 the loop's first tick is the first one after it arrived, so the first actions are latency-
 compensated like every later chunk.
+
+A broken policy cannot drive the robot: a chunk of the wrong shape or with a non-finite value is
+refused (the plan in hand goes on), one outside the safety bounds is clipped action by action, each
+logged as a `bad_chunk` intervention; `safety.max_bad_chunks` bad chunks in a row stop the run. A
+latency longer than a chunk covers is logged once as `slow_policy` (and warned about).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -108,6 +114,8 @@ class ControllerLoop:
         self.log = RunLog(rate_hz=config.rate_hz, transition=config.transition, threshold=self.threshold)
         self._next_chunk = 0
         self._last_chunk_time = 0.0
+        self._bad_streak = 0
+        self._warned_slow = False
 
     def run(self, stop_when: Callable[[], bool] | None = None) -> RunLog:
         """Run until `max_ticks`, `stop_when()` or a safety stop; always leaves the robot holding.
@@ -142,6 +150,8 @@ class ControllerLoop:
         if result is None:
             raise TimeoutError(f"first chunk not ready within stop_after_s={self.config.safety.stop_after_s} s")
         tick = max(1, math.ceil((result.t_done - t_obs) / self.config.period))
+        if result.error is None and self._check_chunk(result, tick):
+            raise ValueError(f"first chunk refused: {self.safety.interventions[-1].detail}")
         self._accept(result, tick)
         return t_obs, tick
 
@@ -171,7 +181,14 @@ class ControllerLoop:
             if result.error is not None:
                 self._stop(tick, f"policy raised {type(result.error).__name__}: {result.error}")
                 return False
-            self._accept(result, tick)
+            refused = self._check_chunk(result, tick)
+            if self._bad_streak >= self.config.safety.max_bad_chunks:
+                self._stop(tick, f"{self._bad_streak} bad chunks in a row "
+                                 f"(max_bad_chunks={self.config.safety.max_bad_chunks}); last: "
+                                 f"{self.safety.interventions[-1].detail}")
+                return False
+            if not refused:
+                self._accept(result, tick)
         if t_obs - self._last_chunk_time > self.config.safety.stop_after_s:
             self._stop(tick, f"watchdog: no fresh chunk for {t_obs - self._last_chunk_time:.3f} s")
             return False
@@ -210,6 +227,26 @@ class ControllerLoop:
         job = InferenceJob(self._next_chunk, tick, t_obs, request, delay)
         self._next_chunk += 1
         worker.submit(job)
+
+    def _check_chunk(self, result: InferenceResult, tick: int) -> bool:
+        """Log what is wrong with the arrived chunk and count the streak; True if it must be refused."""
+        spec = self.predictor.spec
+        cover = spec.horizon - spec.n_obs_steps + 1
+        if result.latency_s > cover * self.config.period and not self._warned_slow:
+            self._warned_slow = True
+            detail = (f"inference latency {result.latency_s * 1e3:.1f} ms exceeds the {cover} ticks "
+                      f"({cover * self.config.period * 1e3:.1f} ms) a chunk covers at {self.config.rate_hz} Hz")
+            self.safety.log(self.clock(), tick, "slow_policy", detail)
+            warnings.warn(detail, stacklevel=2)
+        problem = self.safety.chunk_problem(result.chunk, (spec.horizon, spec.action_dim))
+        if problem is None:
+            self._bad_streak = 0
+            return False
+        detail, refuse = problem
+        self._bad_streak += 1
+        self.safety.log(self.clock(), tick, "bad_chunk", f"chunk {result.job.chunk_id}: {detail}"
+                        + ("; refused, the plan in hand goes on" if refuse else "; clipped by the bounds"))
+        return refuse
 
     def _accept(self, result: InferenceResult, now_tick: int) -> None:
         start = self.predictor.spec.n_obs_steps - 1

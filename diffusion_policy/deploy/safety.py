@@ -17,7 +17,9 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Intervention:
-    """One thing the safety layer did: `kind` is clipped | rate_limited | non_finite | hold | stop."""
+    """One thing the safety layer did or saw: `kind` is clipped | rate_limited | non_finite | hold | stop |
+    bad_chunk (a chunk of the wrong shape, non-finite or outside the bounds) | slow_policy (latency
+    longer than a chunk covers)."""
 
     time: float
     tick: int
@@ -31,15 +33,20 @@ class SafetyConfig:
 
     low/high: bounds (None: the robot's action spec). max_delta: largest change per tick, per
     dimension (None: unlimited). stop_after_s: without a fresh chunk for this long the loop holds
-    and then stops.
+    and then stops. max_bad_chunks: after this many consecutive bad chunks (wrong shape or non-finite:
+    refused; outside low/high: clipped) the loop holds and stops; a good chunk resets the count.
     """
 
     low: list[float] | None = None
     high: list[float] | None = None
     max_delta: float | list[float] | None = None
     stop_after_s: float = 2.0
+    max_bad_chunks: int = 3
 
     def __post_init__(self) -> None:
+        if isinstance(self.max_bad_chunks, bool) or not isinstance(self.max_bad_chunks, int) \
+                or self.max_bad_chunks < 1:
+            raise ValueError(f"max_bad_chunks={self.max_bad_chunks!r} must be an integer >= 1")
         if self.max_delta is not None and np.any(np.asarray(self.max_delta) <= 0):
             raise ValueError(f"max_delta={self.max_delta} must be > 0")
         if not self.stop_after_s > 0:
@@ -70,7 +77,7 @@ class SafetyFilter:
 
     def log(self, time: float, tick: int, kind: str, detail: str) -> None:
         self.interventions.append(Intervention(time, tick, kind, detail))
-        logger.log(logging.WARNING if kind in ("non_finite", "stop") else logging.INFO,
+        logger.log(logging.WARNING if kind in ("non_finite", "stop", "bad_chunk", "slow_policy") else logging.INFO,
                    "tick %d: %s (%s)", tick, kind, detail)
 
     def filter(self, action: np.ndarray | None, time: float, tick: int, reason: str = "") -> np.ndarray | None:
@@ -90,3 +97,18 @@ class SafetyFilter:
             safe = limited
         self.last_safe = safe
         return safe.copy()
+
+    def chunk_problem(self, chunk: np.ndarray, shape: tuple[int, int]) -> tuple[str, bool] | None:
+        """What is wrong with chunk `(T, Da)` for the expected `shape`, and whether it must be refused
+        (wrong shape, non-finite) rather than clipped action by action (outside the bounds); None if fine."""
+        if chunk.shape != shape:
+            return f"chunk of shape {chunk.shape}; the policy's spec says (T, Da) = {shape}", True
+        finite = np.isfinite(chunk)
+        if not finite.all():
+            rows = np.flatnonzero(~finite.all(axis=1))
+            return f"chunk with NaN or inf in {len(rows)} of {len(chunk)} rows (first: {rows[:8].tolist()})", True
+        outside = (chunk < self.low) | (chunk > self.high)
+        if outside.any():
+            return (f"chunk with {int(outside.sum())} values outside [{self.low.tolist()}, {self.high.tolist()}] "
+                    f"(range {chunk.min():.6g} .. {chunk.max():.6g})"), False
+        return None
