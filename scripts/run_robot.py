@@ -31,6 +31,7 @@ from diffusion_policy.core.checkpoint import save_json
 from diffusion_policy.core.trainer import resolve_device
 from diffusion_policy.deploy.client import PolicyClient
 from diffusion_policy.deploy.controller import ControllerConfig, ControllerLoop
+from diffusion_policy.deploy.keys import ClientKeys
 from diffusion_policy.deploy.plot import plot_commands
 from diffusion_policy.deploy.predictor import ChunkPredictor, LocalPredictor
 from diffusion_policy.deploy.run_log import RunLog, pooled_summary
@@ -71,6 +72,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-delta", type=float, help="safety: largest target change per tick (pixels)")
     parser.add_argument("--server", help="use the policy server at this ZeroMQ address instead of --policy locally")
     parser.add_argument("--spawn-server", action="store_true", help="serve --policy from a local subprocess")
+    parser.add_argument("--client-key", type=Path, help="--server with CURVE: this client's .key_secret file")
+    parser.add_argument("--server-public-key", type=Path, help="--server with CURVE: the server's .key file")
     parser.add_argument("--inference", choices=INFERENCE_MODES, default="auto", help="diffusion sampling path")
     parser.add_argument("--out", type=Path, default=Path("runs/robot"), help="output directory")
     parser.add_argument("--plot", action="store_true", help="plot commanded vs executed (first episode)")
@@ -83,6 +86,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--virtual-latency-ms {args.virtual_latency_ms} must be >= 0")
     if args.server and args.spawn_server:
         parser.error("--server and --spawn-server exclude each other")
+    if (args.client_key is None) != (args.server_public_key is None):
+        parser.error("--client-key and --server-public-key go together")
     return args
 
 
@@ -104,7 +109,8 @@ def open_predictor(args: argparse.Namespace) -> Iterator[ChunkPredictor]:
                                    "--inference", args.inference], stdout=subprocess.PIPE, text=True)
         server.stdout.readline()  # "serving ... on ..." once the socket is bound
     try:
-        with PolicyClient(address, timeout_s=30.0) as client:
+        keys = ClientKeys(args.client_key, args.server_public_key) if args.client_key is not None else None
+        with PolicyClient(address, timeout_s=30.0, keys=keys) as client:
             yield client
     finally:
         if server is not None:

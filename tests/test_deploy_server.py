@@ -264,7 +264,15 @@ def test_real_policy_behind_server_matches_local():
             np.testing.assert_array_equal(client.predict(request), expected)
 
 
-def test_client_refuses_a_non_finite_chunk(fake, client, monkeypatch):
+def test_server_refuses_to_send_a_non_finite_chunk(fake, client, monkeypatch):
     monkeypatch.setattr(fake, "predict", lambda request: np.full((16, 2), np.nan, np.float32))
+    with pytest.raises(RemotePolicyError, match="ValueError: predictor returned a non-finite chunk; not sent"):
+        client.predict(ChunkRequest(observation()))
+
+
+def test_client_refuses_a_non_finite_chunk(client, monkeypatch):
+    """A server that sends NaN anyway (another implementation, or a damaged one) is refused by the client."""
+    nan_chunk = ({"type": "chunk", "inference_s": 0.0}, {"action": np.full((16, 2), np.nan, np.float32)})
+    monkeypatch.setattr(PolicyServer, "_predict", lambda self, request: nan_chunk)
     with pytest.raises(RemotePolicyError, match="non-finite action chunk"):
         client.predict(ChunkRequest(observation()))

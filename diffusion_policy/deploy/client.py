@@ -15,6 +15,7 @@ import numpy as np
 import zmq
 
 from diffusion_policy.deploy.codec import decode, encode, pack_request
+from diffusion_policy.deploy.keys import ClientKeys
 from diffusion_policy.deploy.predictor import ChunkRequest, PolicySpec
 from diffusion_policy.deploy.server import PROTOCOL_VERSION
 
@@ -34,22 +35,28 @@ class HandshakeError(RuntimeError):
 class PolicyClient:
     """Connects to a PolicyServer at `address` and checks versions (and `expected_spec`, if given).
 
+    `keys` (CURVE: this client's secret file and the server's public file) are needed for a server
+    that has them; the link is then encrypted and only a server holding the matching secret answers.
     Use from one thread at a time. `spec` and `server_info` (the hello reply) come from the handshake;
     after each `predict`, `last_inference_s` is the server's time inside the policy and
     `last_round_trip_s` the wall time of the whole call.
     """
 
-    def __init__(self, address: str, timeout_s: float = 5.0, expected_spec: PolicySpec | None = None) -> None:
+    def __init__(self, address: str, timeout_s: float = 5.0, expected_spec: PolicySpec | None = None,
+                 keys: ClientKeys | None = None) -> None:
         if not timeout_s > 0:
             raise ValueError(f"timeout_s={timeout_s} must be positive")
         self.address = address
         self.timeout_s = timeout_s
+        self.keys = keys
         self.last_inference_s = float("nan")
         self.last_round_trip_s = float("nan")
         self._next_id = 0
         self._socket = zmq.Context.instance().socket(zmq.DEALER)
         self._socket.setsockopt(zmq.LINGER, 0)
         try:
+            if keys is not None:
+                keys.secure(self._socket)
             self._socket.connect(address)
             self.server_info: dict[str, Any] = self._call({"type": "hello"}, {})[0]
             self.spec = self._check_handshake(expected_spec)
@@ -126,5 +133,7 @@ class PolicyClient:
             return reply, out
 
     def _timeout_error(self) -> TimeoutError:
-        return TimeoutError(f"no reply from policy server {self.address} within timeout_s={self.timeout_s} "
-                            f"(is it running?)")
+        hint = ("is it running, does it hold this client's public key in its allowed clients, and is "
+                f"{self.keys.server_public} its public key?" if self.keys is not None else
+                "is it running? A server with CURVE keys answers only clients with keys")
+        return TimeoutError(f"no reply from policy server {self.address} within timeout_s={self.timeout_s} ({hint})")

@@ -66,8 +66,11 @@ class PolicySpec:
                    int(data["n_obs_steps"]), int(data["horizon"]), int(data["n_action_steps"]),
                    data.get("obs_mapping"))
 
-    def check_request(self, request: ChunkRequest) -> None:
-        """Raise ValueError/KeyError/TypeError naming the key and shape of anything the policy cannot take."""
+    def check_request(self, request: ChunkRequest, allow_extra_keys: bool = True) -> None:
+        """Raise ValueError/KeyError/TypeError naming the key and shape of anything the policy cannot take
+        (with `allow_extra_keys=False`, also observation keys the policy does not use)."""
+        if not allow_extra_keys and (extra := sorted(set(request.obs) - set(self.obs_shapes))):
+            raise KeyError(f"observation keys {extra} are not the policy's; it takes {sorted(self.obs_shapes)}")
         for key, shape in self.obs_shapes.items():
             if key not in request.obs:
                 raise KeyError(f"observation key {key!r} is missing; got keys {sorted(request.obs)}")

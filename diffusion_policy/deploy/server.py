@@ -14,43 +14,96 @@ so the client can discard stale replies).
 
     hello    {"type": "hello", "id"}
          ->  {"type": "hello", "id", "protocol_version": int, "package_version": str,
-              "spec": PolicySpec.to_dict()}
+              "spec": PolicySpec.to_dict(), "limits": ServerLimits as a dict}
              The client refuses to go on if `protocol_version` differs from its own. This exchange stays
              the same in every protocol version, so a mismatch is always reported, never misread.
     predict  {"type": "predict", "id", "seed": int | null, "prefix_guidance": number | null, "candidates": int}
              + arrays `obs/<key>` (To, *shape), optional `prefix` (P, Da) and `prefix_weights` (P,)
          ->  {"type": "chunk", "id", "inference_s": float} + array `action` (T, Da) float32
              `inference_s` is the server's time inside `predictor.predict`.
-    on any problem (malformed message, unknown type, request failing `PolicySpec.check_request`, an
-    exception inside `predict`):
+    on any problem (malformed message, unknown type, request failing `PolicySpec.check_request` or the
+    server's limits, a request that waited past the deadline, an exception inside `predict`, a
+    non-finite chunk):
          ->  {"type": "error", "id": int | null, "error": "<ExceptionType>: message"}
              and the server goes on serving.
 
-Requests are checked against the predictor's spec before inference, so a missing key or a wrong shape
-never reaches the network. A message over `max_message_bytes` gets an error reply; a single frame over
-twice that is refused by libzmq itself (MAXMSGSIZE), which drops that connection without a reply: the
-client times out and reconnects. Requests are served one at a time, in arrival order.
+Requests are checked against the predictor's spec (missing, extra or wrong-shaped keys) and the
+server's `ServerLimits` before inference, so nothing malformed reaches the network. A message over
+`max_message_bytes` gets an error reply; a single frame over twice that is refused by libzmq itself
+(MAXMSGSIZE), which drops that connection without a reply: the client times out and reconnects.
+
+Scheduling. The socket thread only receives, checks and answers; one inference thread runs the
+policy. Waiting requests are served round-robin across clients (`FairQueue`, at most
+`limits.per_client` waiting per client), and a request that has waited longer than
+`limits.deadline_s` is answered with a `DeadlineExceeded` error at once instead of being computed
+for a client that has moved on. With the most expensive allowed request (`max_candidates`,
+guidance) cheaper than the deadline, no client can hold another's small request past it.
+
+Security. Any address other than loopback (`127.0.0.1`, `localhost`, `::1`, `ipc://`, `inproc://`)
+needs CURVE keys (`ServerKeys`: encryption, and an allow-list of client public keys), or
+`insecure=True` said explicitly.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import ipaddress
+import itertools
 import logging
+import math
 import threading
 import time
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import zmq
 
 from diffusion_policy.deploy.codec import CodecError, decode, encode, unpack_request
-from diffusion_policy.deploy.predictor import ChunkPredictor, ChunkRequest
+from diffusion_policy.deploy.fair_queue import FairQueue, Waiting
+from diffusion_policy.deploy.keys import ServerKeys
+from diffusion_policy.deploy.predictor import MAX_CANDIDATES, ChunkPredictor, ChunkRequest
 
 logger = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = 1
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 2**20
 POLL_INTERVAL_MS = 50  # how quickly a serving loop notices its stop event
+_REPLY_ENDPOINTS = itertools.count()
+
+
+class DeadlineExceeded(RuntimeError):
+    """A request waited longer than the server's deadline for the policy."""
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """What one request may cost. max_candidates: the largest `candidates` accepted (at most
+    MAX_CANDIDATES). allow_guidance: whether `prefix_guidance` (a backward pass per step) is accepted.
+    deadline_s: a request that has waited this long for the policy gets a `DeadlineExceeded` error.
+    per_client: requests one client may have waiting; more are refused until one is served."""
+
+    max_candidates: int = 4
+    allow_guidance: bool = True
+    deadline_s: float = 2.0
+    per_client: int = 2
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_candidates <= MAX_CANDIDATES:
+            raise ValueError(f"max_candidates={self.max_candidates} must be in [1, {MAX_CANDIDATES}]")
+        if not (math.isfinite(self.deadline_s) and self.deadline_s > 0):
+            raise ValueError(f"deadline_s={self.deadline_s} must be a finite number > 0")
+        if self.per_client < 1:
+            raise ValueError(f"per_client={self.per_client} must be >= 1")
+
+    def check(self, request: ChunkRequest) -> None:
+        """Raise ValueError naming the value if `request` costs more than these limits allow."""
+        if request.candidates > self.max_candidates:
+            raise ValueError(f"candidates={request.candidates} exceeds this server's max_candidates="
+                             f"{self.max_candidates}")
+        if request.prefix_guidance is not None and not self.allow_guidance:
+            raise ValueError(f"prefix_guidance={request.prefix_guidance} refused: this server has "
+                             "allow_guidance=False")
 
 
 def package_version() -> str:
@@ -66,12 +119,27 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {message}"
 
 
+def is_loopback(address: str) -> bool:
+    """True for endpoints only this machine can reach: ipc://, inproc://, tcp:// on a loopback host."""
+    transport, _, rest = address.partition("://")
+    if transport in ("ipc", "inproc"):
+        return True
+    host = rest.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # "*", an interface name or a host name: reachable from outside
+        return False
+
+
 class PolicyServer:
     """Answers hello / predict requests for `predictor` on `address` (port 0 or `*` picks a free port).
 
     `address` after construction is the bound endpoint, e.g. "tcp://127.0.0.1:40123". Serve with
     `serve_forever()` (until Ctrl-C), `serve(max_requests)`, or `start_in_thread()` ... `stop()`;
-    `close()` (or leaving a `with` block) releases the socket.
+    `close()` (or leaving a `with` block) releases the socket. A non-loopback `address` needs `keys`
+    (CURVE) or `insecure=True`.
     """
 
     def __init__(
@@ -79,47 +147,81 @@ class PolicyServer:
         predictor: ChunkPredictor,
         address: str = "tcp://127.0.0.1:5555",
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        limits: ServerLimits | None = None,
+        keys: ServerKeys | None = None,
+        insecure: bool = False,
     ) -> None:
         if max_message_bytes < 1:
             raise ValueError(f"max_message_bytes={max_message_bytes} must be positive")
+        if keys is None and not is_loopback(address):
+            if not insecure:
+                raise ValueError(f"binding {address!r} without CURVE keys would let any peer on the network query "
+                                 "and occupy this policy: pass keys (scripts/policy_keys.py; serve_policy.py "
+                                 "--keys), bind a loopback address, or say insecure=True (--insecure)")
+            logger.warning("serving on %s WITHOUT authentication or encryption (insecure=True)", address)
         self.predictor = predictor
         self.max_message_bytes = max_message_bytes
+        self.limits = limits if limits is not None else ServerLimits()
         self.package_version = package_version()
-        self._socket = zmq.Context.instance().socket(zmq.ROUTER)
+        self.secure = keys is not None
+        self._context = zmq.Context()  # its own: a CURVE authenticator belongs to one context
+        self._socket = self._context.socket(zmq.ROUTER)
         self._socket.setsockopt(zmq.LINGER, 0)
         # Non-mandatory routing silently drops replies to clients that have gone away instead of raising.
         self._socket.setsockopt(zmq.ROUTER_MANDATORY, 0)
         # Slack above the limit so a modestly oversized message still gets a readable error reply.
         self._socket.setsockopt(zmq.MAXMSGSIZE, 2 * max_message_bytes)
+        self._authenticator = keys.secure(self._socket, self._context) if keys is not None else None
         try:
             self._socket.bind(address)
         except zmq.ZMQError as exc:
-            self._socket.close()
+            self._release()
             raise OSError(f"cannot bind policy server to {address!r}: {exc}") from exc
         self.address: str = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        # The inference thread hands its replies to the socket thread through this pipe.
+        self._reply_endpoint = f"inproc://policy-server-replies-{next(_REPLY_ENDPOINTS)}"
+        self._replies = self._context.socket(zmq.PULL)
+        self._replies.bind(self._reply_endpoint)
+        self._queue = FairQueue(self.limits.per_client)
         self._serving = threading.Lock()  # zmq sockets are not thread-safe: one serving loop at a time
         self._thread: threading.Thread | None = None
         self._stop_event: threading.Event | None = None
 
     def serve(self, max_requests: int | None = None, stop_event: threading.Event | None = None) -> int:
-        """Answer messages until `max_requests` are answered or `stop_event` is set; return how many."""
+        """Answer messages until `max_requests` replies are sent or `stop_event` is set; return how many.
+
+        Requests still waiting when it returns stay queued for the next `serve`.
+        """
         if not self._serving.acquire(blocking=False):
             raise RuntimeError(f"policy server {self.address} is already serving in another thread")
+        worker_stop = threading.Event()
+        worker = threading.Thread(target=self._infer, args=(worker_stop,), name=f"inference({self.address})",
+                                  daemon=True)
+        worker.start()
+        poller = zmq.Poller()
+        poller.register(self._socket, zmq.POLLIN)
+        poller.register(self._replies, zmq.POLLIN)
         try:
-            handled = 0
-            while max_requests is None or handled < max_requests:
+            answered = 0
+            while max_requests is None or answered < max_requests:
                 if stop_event is not None and stop_event.is_set():
                     break
-                if self._socket.poll(POLL_INTERVAL_MS):
-                    self._handle(self._socket.recv_multipart(copy=False))
-                    handled += 1
-            return handled
+                events = dict(poller.poll(POLL_INTERVAL_MS))
+                if self._replies in events:
+                    answered += self._forward_replies()
+                if self._socket in events:
+                    answered += self._receive(self._socket.recv_multipart(copy=False))
+                answered += self._expire()
+            return answered
         finally:
+            worker_stop.set()
+            worker.join()
             self._serving.release()
 
     def serve_forever(self) -> None:
         """Serve in this thread until interrupted (KeyboardInterrupt)."""
-        logger.info("policy server listening on %s (protocol %d)", self.address, PROTOCOL_VERSION)
+        logger.info("policy server listening on %s (protocol %d, %s)", self.address, PROTOCOL_VERSION,
+                    "CURVE" if self.secure else "no encryption")
         self.serve()
 
     def start_in_thread(self) -> PolicyServer:
@@ -142,7 +244,14 @@ class PolicyServer:
 
     def close(self) -> None:
         self.stop()
+        self._replies.close(linger=0)
+        self._release()
+
+    def _release(self) -> None:
         self._socket.close(linger=0)
+        if self._authenticator is not None:
+            self._authenticator.stop()
+        self._context.term()
 
     def __enter__(self) -> PolicyServer:
         return self
@@ -150,11 +259,12 @@ class PolicyServer:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _handle(self, frames: list[zmq.Frame]) -> None:
-        """Answer one message; every failure becomes an error reply, so the loop never dies of a request."""
+    # --- socket thread ---------------------------------------------------------------------------
+    def _receive(self, frames: list[zmq.Frame]) -> int:
+        """Answer a hello or a bad message at once (1), or queue a valid predict request (0)."""
         # ROUTER prepends the identity frame; REQ and PolicyClient add an empty delimiter after it.
         n_envelope = 2 if len(frames) > 1 and len(frames[1]) == 0 else 1
-        envelope, body = frames[:n_envelope], frames[n_envelope:]
+        envelope, body = [frame.bytes for frame in frames[:n_envelope]], frames[n_envelope:]
         request_id, stage = None, "decode"
         try:
             header, arrays = decode(body, self.max_message_bytes)
@@ -164,24 +274,69 @@ class PolicyServer:
                 raise CodecError(f"header field 'id' is {header.get('id')!r}; expected an integer")
             kind = header.get("type")
             if kind == "hello":
-                reply, reply_arrays = self._hello(), {}
-            elif kind == "predict":
-                request = unpack_request(header, arrays)
-                stage = "validate"
-                self.predictor.spec.check_request(request)
-                stage = "predict"
-                reply, reply_arrays = self._predict(request)
-            else:
+                self._send(envelope, {"type": "hello", "id": request_id, **self._hello()})
+                return 1
+            if kind != "predict":
                 raise CodecError(f"header field 'type' is {kind!r}; expected 'hello' or 'predict'")
+            request = unpack_request(header, arrays)
+            stage = "validate"
+            self.predictor.spec.check_request(request, allow_extra_keys=False)
+            self.limits.check(request)
+            if not self._queue.put(Waiting(envelope[0], time.monotonic(), (envelope, request_id, request))):
+                raise RuntimeError(f"this client already has per_client={self.limits.per_client} requests "
+                                   "waiting; send the next one after a reply")
+            return 0
         except Exception as exc:
-            logger.error("request id=%s failed in %s: %s", request_id, stage, describe(exc),
-                         exc_info=stage == "predict")
-            reply, reply_arrays = {"type": "error", "error": describe(exc)}, {}
-        self._socket.send_multipart([*envelope, *encode({**reply, "id": request_id}, reply_arrays)], copy=False)
+            logger.error("request id=%s failed in %s: %s", request_id, stage, describe(exc))
+            self._send(envelope, {"type": "error", "id": request_id, "error": describe(exc)})
+            return 1
+
+    def _forward_replies(self) -> int:
+        sent = 0
+        while True:
+            try:
+                frames = self._replies.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return sent
+            self._socket.send_multipart(frames, copy=False)
+            sent += 1
+
+    def _expire(self) -> int:
+        now = time.monotonic()
+        expired = self._queue.expire(now - self.limits.deadline_s)
+        for item in expired:
+            envelope, request_id, _ = item.payload
+            error = DeadlineExceeded(f"request waited {now - item.arrived:.2f} s for the policy, past this "
+                                     f"server's deadline_s={self.limits.deadline_s} (it is busy with other requests)")
+            self._send(envelope, {"type": "error", "id": request_id, "error": describe(error)})
+        return len(expired)
+
+    def _send(self, envelope: list[bytes], reply: dict[str, Any], arrays: dict[str, np.ndarray] | None = None) -> None:
+        self._socket.send_multipart([*envelope, *encode(reply, arrays or {})], copy=False)
 
     def _hello(self) -> dict[str, Any]:
-        return {"type": "hello", "protocol_version": PROTOCOL_VERSION, "package_version": self.package_version,
-                "spec": self.predictor.spec.to_dict()}
+        return {"protocol_version": PROTOCOL_VERSION, "package_version": self.package_version,
+                "spec": self.predictor.spec.to_dict(), "limits": asdict(self.limits)}
+
+    # --- inference thread ------------------------------------------------------------------------
+    def _infer(self, stop: threading.Event) -> None:
+        """Run queued requests through the predictor, one at a time, until `stop`; replies go to the socket thread."""
+        pipe = self._context.socket(zmq.PUSH)
+        pipe.connect(self._reply_endpoint)
+        try:
+            while not stop.is_set():
+                item = self._queue.get(POLL_INTERVAL_MS / 1000)
+                if item is None:
+                    continue
+                envelope, request_id, request = item.payload
+                try:
+                    reply, arrays = self._predict(request)
+                except Exception as exc:
+                    logger.error("request id=%s failed in predict: %s", request_id, describe(exc), exc_info=True)
+                    reply, arrays = {"type": "error", "error": describe(exc)}, {}
+                pipe.send_multipart([*envelope, *encode({**reply, "id": request_id}, arrays)], copy=False)
+        finally:
+            pipe.close(linger=1000)
 
     def _predict(self, request: ChunkRequest) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         start = time.perf_counter()
@@ -192,4 +347,6 @@ class PolicyServer:
         if chunk.shape != (spec.horizon, spec.action_dim):
             raise ValueError(f"predictor returned a chunk of shape {chunk.shape}; expected (T, Da) = "
                              f"{(spec.horizon, spec.action_dim)}")
+        if not np.isfinite(chunk).all():
+            raise ValueError("predictor returned a non-finite chunk; not sent")
         return {"type": "chunk", "inference_s": inference_s}, {"action": chunk}
