@@ -23,7 +23,15 @@ import numpy as np
 import zarr
 
 from diffusion_policy.data.images import check_image_array, is_image_shape
-from diffusion_policy.data.storage import ARRAY_CONFIG, CheckedArray, check_chunks_stored, chunks_for, create_options
+from diffusion_policy.data.storage import (
+    ARRAY_CONFIG,
+    CheckedArray,
+    StoreMetadataError,
+    check_chunks_stored,
+    chunks_for,
+    create_options,
+    find_damaged_metadata,
+)
 
 ArrayLike = Any  # np.ndarray or CheckedArray: shape, dtype, ndim, arr[lo:hi] -> np.ndarray
 
@@ -96,16 +104,23 @@ class ReplayBuffer:
             raise ValueError(f"{mode=} must be 'r' or 'a'")
         if not path.exists():
             raise FileNotFoundError(f"no replay buffer at {path}")
-        if path.suffix == ".zip":
-            if mode != "r":
-                raise ValueError(f"{path} is a zip store, which opens read-only; got {mode=}")
-            root = zarr.open_group(zarr.storage.ZipStore(path, mode="r"), mode="r")
-        else:
-            root = zarr.open_group(str(path), mode="r" if mode == "r" else "r+")
-        if "data" not in root or "meta/episode_ends" not in root:
-            raise ValueError(f"{path} lacks data/ or meta/episode_ends; members: {sorted(root.keys())}")
-        ends = _validated_ends(root["meta/episode_ends"][:], str(path))
-        data = {key: arr.with_config(ARRAY_CONFIG) for key, arr in root["data"].arrays()}
+        if path.suffix == ".zip" and mode != "r":
+            raise ValueError(f"{path} is a zip store, which opens read-only; got {mode=}")
+        try:
+            store = zarr.storage.ZipStore(path, mode="r") if path.suffix == ".zip" else str(path)
+            root = zarr.open_group(store, mode="r" if mode == "r" else "r+")
+            members = sorted(root.keys())
+            has_layout = "data" in root and "meta/episode_ends" in root
+            data = {key: arr.with_config(ARRAY_CONFIG) for key, arr in root["data"].arrays()} if has_layout else {}
+            ends_array = root["meta/episode_ends"] if has_layout else None
+        except Exception as exc:  # zarr raises JSON, KeyError, TypeError ... naming no file
+            damaged = find_damaged_metadata(path)
+            raise StoreMetadataError(f"{path}: cannot open the store: "
+                                     f"{damaged or f'{type(exc).__name__}: {exc}'}") from exc
+        if not has_layout:
+            raise ValueError(f"{path} lacks data/ or meta/episode_ends; members: {members}")
+        ends = _validated_ends(CheckedArray(ends_array, f"{path}/meta/episode_ends", ends_array.shape[0])[:],
+                               str(path))
         n_steps = int(ends[-1]) if len(ends) else 0
         for key, arr in data.items():
             if arr.shape[0] < n_steps:

@@ -10,7 +10,9 @@ errors name the array and the step range of the chunk that cannot be decoded.
 from __future__ import annotations
 
 import itertools
+import json
 import warnings
+from pathlib import Path
 from typing import Any, NoReturn
 
 import numcodecs
@@ -32,6 +34,28 @@ ARRAY_CONFIG = {"write_empty_chunks": True}
 
 class CorruptChunkError(ValueError):
     """A chunk of a stored array is missing or cannot be decoded; the message names array and steps."""
+
+
+class StoreMetadataError(ValueError):
+    """A store's metadata (zarr.json, .zarray, .zgroup, .zattrs) is damaged; the message names the file."""
+
+
+METADATA_FILES = ("zarr.json", ".zarray", ".zgroup", ".zattrs", ".zmetadata")
+
+
+def find_damaged_metadata(path: Path) -> str | None:
+    """"<file>: <JSON error>" for the first metadata file under directory store `path` that is not a JSON
+    object, or None if all are (a zip store is not searched)."""
+    if not path.is_dir():
+        return None
+    for file in sorted(f for f in path.rglob("*") if f.name in METADATA_FILES):
+        try:
+            parsed = json.loads(file.read_bytes())
+        except (UnicodeDecodeError, ValueError) as exc:
+            return f"{file}: not valid JSON ({exc})"
+        if not isinstance(parsed, dict):
+            return f"{file}: a JSON {type(parsed).__name__}, not an object"
+    return None
 
 
 def chunks_for(step_shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
