@@ -30,22 +30,21 @@ class FairQueue:
             raise ValueError(f"per_client={per_client} must be >= 1")
         self.per_client = per_client
         self._queues: OrderedDict[bytes, deque[Waiting]] = OrderedDict()
-        self._ready = threading.Condition()
+        self._lock = threading.Lock()
 
     def put(self, item: Waiting) -> bool:
         """Queue `item`; False (not queued) when its client already has `per_client` requests waiting."""
-        with self._ready:
+        with self._lock:
             queue = self._queues.setdefault(item.client, deque())
             if len(queue) >= self.per_client:
                 return False
             queue.append(item)
-            self._ready.notify()
             return True
 
-    def get(self, timeout: float) -> Waiting | None:
-        """The next client's oldest request (that client then goes to the back), or None after `timeout` s."""
-        with self._ready:
-            if not self._queues and not self._ready.wait_for(lambda: bool(self._queues), timeout):
+    def get(self) -> Waiting | None:
+        """The next client's oldest request (that client then goes to the back), or None if none waits."""
+        with self._lock:
+            if not self._queues:
                 return None
             client, queue = next(iter(self._queues.items()))
             item = queue.popleft()
@@ -57,7 +56,7 @@ class FairQueue:
     def expire(self, older_than: float) -> list[Waiting]:
         """Remove and return every request that arrived before `older_than`."""
         expired = []
-        with self._ready:
+        with self._lock:
             for client in list(self._queues):
                 queue = self._queues[client]
                 while queue and queue[0].arrived < older_than:
@@ -67,5 +66,5 @@ class FairQueue:
         return expired
 
     def __len__(self) -> int:
-        with self._ready:
+        with self._lock:
             return sum(len(q) for q in self._queues.values())

@@ -32,8 +32,8 @@ server's `ServerLimits` before inference, so nothing malformed reaches the netwo
 `max_message_bytes` gets an error reply; a single frame over twice that is refused by libzmq itself
 (MAXMSGSIZE), which drops that connection without a reply: the client times out and reconnects.
 
-Scheduling. The socket thread only receives, checks and answers; one inference thread runs the
-policy. Waiting requests are served round-robin across clients (`FairQueue`, at most
+Scheduling. A socket thread only receives, checks and answers; the thread that called `serve` runs
+the policy. Waiting requests are served round-robin across clients (`FairQueue`, at most
 `limits.per_client` waiting per client), and a request that has waited longer than
 `limits.deadline_s` is answered with a `DeadlineExceeded` error at once instead of being computed
 for a client that has moved on. With the most expensive allowed request (`max_candidates`,
@@ -46,11 +46,13 @@ needs CURVE keys (`ServerKeys`: encryption, and an allow-list of client public k
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import ipaddress
 import itertools
 import logging
 import math
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -69,6 +71,8 @@ logger = logging.getLogger(__name__)
 PROTOCOL_VERSION = 1
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 2**20
 POLL_INTERVAL_MS = 50  # how quickly a serving loop notices its stop event
+# The socket thread takes the interpreter lock back from the policy's thread within 0.5 ms, not 5 ms.
+_SWITCH_INTERVAL_S = 5e-4
 _REPLY_ENDPOINTS = itertools.count()
 
 
@@ -178,10 +182,10 @@ class PolicyServer:
             self._release()
             raise OSError(f"cannot bind policy server to {address!r}: {exc}") from exc
         self.address: str = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
-        # The inference thread hands its replies to the socket thread through this pipe.
-        self._reply_endpoint = f"inproc://policy-server-replies-{next(_REPLY_ENDPOINTS)}"
-        self._replies = self._context.socket(zmq.PULL)
-        self._replies.bind(self._reply_endpoint)
+        # A pipe between the socket thread and the policy's: "work queued" one way, replies the other.
+        self._pipe_endpoint = f"inproc://policy-server-pipe-{next(_REPLY_ENDPOINTS)}"
+        self._pipe = self._context.socket(zmq.PAIR)
+        self._pipe.bind(self._pipe_endpoint)
         self._queue = FairQueue(self.limits.per_client)
         self._serving = threading.Lock()  # zmq sockets are not thread-safe: one serving loop at a time
         self._thread: threading.Thread | None = None
@@ -190,33 +194,47 @@ class PolicyServer:
     def serve(self, max_requests: int | None = None, stop_event: threading.Event | None = None) -> int:
         """Answer messages until `max_requests` replies are sent or `stop_event` is set; return how many.
 
-        Requests still waiting when it returns stay queued for the next `serve`.
+        The policy runs in the calling thread and the sockets in a helper thread: torch keeps one
+        OpenMP thread pool per thread that runs it, and with a second pool alive (the one of the thread
+        that loaded the policy) libgomp throttles its spin-waiting, which made a demo-sized chunk
+        3.3x slower in a helper thread on a 2-core CPU (27 ms -> 90 ms). Requests still waiting when
+        it returns stay queued for the next `serve`.
         """
         if not self._serving.acquire(blocking=False):
             raise RuntimeError(f"policy server {self.address} is already serving in another thread")
-        worker_stop = threading.Event()
-        worker = threading.Thread(target=self._infer, args=(worker_stop,), name=f"inference({self.address})",
-                                  daemon=True)
-        worker.start()
+        done, answered = threading.Event(), [0]
+        old_interval = sys.getswitchinterval()
+        sys.setswitchinterval(_SWITCH_INTERVAL_S)
+        io = threading.Thread(target=self._io_loop, args=(max_requests, stop_event, done, answered),
+                              name=f"sockets({self.address})", daemon=True)
+        io.start()
+        try:
+            self._infer(done)
+            return answered[0]
+        finally:
+            done.set()
+            io.join()
+            sys.setswitchinterval(old_interval)
+            self._serving.release()
+
+    def _io_loop(self, max_requests: int | None, stop_event: threading.Event | None, done: threading.Event,
+                 answered: list[int]) -> None:
+        """Receive, check, queue and answer until `max_requests` replies, `stop_event` or `done`; then set `done`."""
         poller = zmq.Poller()
         poller.register(self._socket, zmq.POLLIN)
-        poller.register(self._replies, zmq.POLLIN)
+        poller.register(self._pipe, zmq.POLLIN)
         try:
-            answered = 0
-            while max_requests is None or answered < max_requests:
+            while (max_requests is None or answered[0] < max_requests) and not done.is_set():
                 if stop_event is not None and stop_event.is_set():
                     break
                 events = dict(poller.poll(POLL_INTERVAL_MS))
-                if self._replies in events:
-                    answered += self._forward_replies()
+                if self._pipe in events:
+                    answered[0] += self._forward_replies()
                 if self._socket in events:
-                    answered += self._receive(self._socket.recv_multipart(copy=False))
-                answered += self._expire()
-            return answered
+                    answered[0] += self._receive(self._socket.recv_multipart(copy=False))
+                answered[0] += self._expire()
         finally:
-            worker_stop.set()
-            worker.join()
-            self._serving.release()
+            done.set()
 
     def serve_forever(self) -> None:
         """Serve in this thread until interrupted (KeyboardInterrupt)."""
@@ -244,7 +262,7 @@ class PolicyServer:
 
     def close(self) -> None:
         self.stop()
-        self._replies.close(linger=0)
+        self._pipe.close(linger=0)
         self._release()
 
     def _release(self) -> None:
@@ -285,6 +303,7 @@ class PolicyServer:
             if not self._queue.put(Waiting(envelope[0], time.monotonic(), (envelope, request_id, request))):
                 raise RuntimeError(f"this client already has per_client={self.limits.per_client} requests "
                                    "waiting; send the next one after a reply")
+            self._pipe.send(b"", flags=zmq.NOBLOCK)  # wake the policy's thread
             return 0
         except Exception as exc:
             logger.error("request id=%s failed in %s: %s", request_id, stage, describe(exc))
@@ -295,7 +314,7 @@ class PolicyServer:
         sent = 0
         while True:
             try:
-                frames = self._replies.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+                frames = self._pipe.recv_multipart(flags=zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return sent
             self._socket.send_multipart(frames, copy=False)
@@ -318,23 +337,26 @@ class PolicyServer:
         return {"protocol_version": PROTOCOL_VERSION, "package_version": self.package_version,
                 "spec": self.predictor.spec.to_dict(), "limits": asdict(self.limits)}
 
-    # --- inference thread ------------------------------------------------------------------------
+    # --- inference (the thread that called serve) ---------------------------------------------------
     def _infer(self, stop: threading.Event) -> None:
         """Run queued requests through the predictor, one at a time, until `stop`; replies go to the socket thread."""
-        pipe = self._context.socket(zmq.PUSH)
-        pipe.connect(self._reply_endpoint)
+        pipe = self._context.socket(zmq.PAIR)
+        pipe.connect(self._pipe_endpoint)
         try:
             while not stop.is_set():
-                item = self._queue.get(POLL_INTERVAL_MS / 1000)
-                if item is None:
+                if not pipe.poll(POLL_INTERVAL_MS):
                     continue
-                envelope, request_id, request = item.payload
-                try:
-                    reply, arrays = self._predict(request)
-                except Exception as exc:
-                    logger.error("request id=%s failed in predict: %s", request_id, describe(exc), exc_info=True)
-                    reply, arrays = {"type": "error", "error": describe(exc)}, {}
-                pipe.send_multipart([*envelope, *encode({**reply, "id": request_id}, arrays)], copy=False)
+                with contextlib.suppress(zmq.Again):  # one wake-up per queued request; the queue says what to do
+                    while True:
+                        pipe.recv(flags=zmq.NOBLOCK)
+                while (item := self._queue.get()) is not None:
+                    envelope, request_id, request = item.payload
+                    try:
+                        reply, arrays = self._predict(request)
+                    except Exception as exc:
+                        logger.error("request id=%s failed in predict: %s", request_id, describe(exc), exc_info=True)
+                        reply, arrays = {"type": "error", "error": describe(exc)}, {}
+                    pipe.send_multipart([*envelope, *encode({**reply, "id": request_id}, arrays)], copy=False)
         finally:
             pipe.close(linger=1000)
 
