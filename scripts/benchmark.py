@@ -20,6 +20,14 @@ float32, as the original code and LeRobot run it.
 
     ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python scripts/benchmark.py --cases ddim10_chunk_b1 \
         --out benchmarks/cpu_avx2_emulated_chunk.json
+- `ddim10_chunk_b4096_small_net`: the same paths for a batch of 4096 observations through the
+  `make demo` network size ([32,64,128]): large batches (offline evaluation, candidate sampling) must
+  not fall off the fast path. Without native bf16 the forced-bf16 path is left out: emulated, one
+  such chunk did not finish in 20 minutes.
+
+    python scripts/benchmark.py --cases ddim10_chunk_b4096_small_net
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python scripts/benchmark.py \
+        --cases ddim10_chunk_b4096_small_net --out benchmarks/cpu_avx2_emulated_ddim10_chunk_b4096_small_net.json
 - `train_step_b64`, `train_step_b256`: loss + backward + gradient clipping + AdamW, eager (fp32,
   foreach AdamW, `clip_grad_norm_`) vs fast (the trainer with `mixed_precision=bf16`: bf16 autocast
   over the GEMM convolutions, `FusedAdamW` with the clipping folded in); samples/s. A third path,
@@ -136,8 +144,10 @@ def batch_of(dataset: SequenceDataset, size: int, device: torch.device) -> dict:
             "action": torch.stack([it["action"] for it in items]).to(device)}
 
 
-def chunk_case(down_dims: tuple[int, ...], obs_dim: int, device: torch.device, reps: int, sync) -> dict:
-    """10-step DDIM chunk at batch 1: eager vs fast latency, and their action difference."""
+def chunk_case(down_dims: tuple[int, ...], obs_dim: int, device: torch.device, reps: int, sync,
+               batch: int = 1, forced_bf16: bool = True) -> dict:
+    """10-step DDIM chunk at `batch`: eager vs fast latency (and the bf16 snapshot forced, with
+    `forced_bf16`), and their action difference."""
     dataset = synthetic_dataset(obs_dim, n_episodes=20)
     policy = make_policy(dataset, down_dims, device).eval()
     plain = with_plain_convolutions(policy)
@@ -145,11 +155,14 @@ def chunk_case(down_dims: tuple[int, ...], obs_dim: int, device: torch.device, r
     policy.inference = "fast"
     bf16 = copy.deepcopy(policy)
     bf16.snapshot_dtype = torch.bfloat16
-    obs = {"obs": batch_of(dataset, 1, device)["obs"]["obs"]}
-    result = side_by_side({"eager": lambda: plain.predict_action(obs), "fast_bf16": lambda: bf16.predict_action(obs),
-                           "fast": lambda: policy.predict_action(obs)}, 2, reps, sync)
+    obs = {"obs": batch_of(dataset, 1, device)["obs"]["obs"].repeat(batch, 1, 1)}
+    paths = {"eager": lambda: plain.predict_action(obs), "fast_bf16": lambda: bf16.predict_action(obs),
+             "fast": lambda: policy.predict_action(obs)}
+    if not forced_bf16:
+        del paths["fast_bf16"]
+    result = side_by_side(paths, 2, reps, sync)
     result["fast_dtype"] = str(policy.frozen_network().dtype)
-    noise = torch.randn(1, HORIZON, ACTION_DIM, device=device)
+    noise = torch.randn(batch, HORIZON, ACTION_DIM, device=device)
     with torch.no_grad():
         cond = policy.condition(obs)
         eager = plain.sample_chunk(cond, None, noise)
@@ -309,6 +322,8 @@ def run(quick: bool, device: torch.device, cases: list[str]) -> dict:
     runners: dict[str, Callable[[], dict]] = {
         "ddim10_chunk_b1": lambda: chunk_case((256, 512, 1024), STATE_OBS_DIM, device, reps, sync),
         "ddim10_chunk_b1_image_net": lambda: chunk_case(IMAGE_NET, IMAGE_OBS_DIM, device, max(3, reps // 4), sync),
+        "ddim10_chunk_b4096_small_net": lambda: chunk_case((32, 64, 128), STATE_OBS_DIM, device, 2, sync, 4096,
+                                                           forced_bf16=native_bf16()),
         "train_step_b64": lambda: train_case(64, device, max(3, reps // 3), sync),
         "train_step_b256": lambda: train_case(256, device, max(2, reps // 8), sync),
         "ema_update": lambda: ema_case(device, max(3, reps // 3), sync),

@@ -17,14 +17,11 @@ from torch.utils.data import Dataset
 
 from diffusion_policy.core.checkpoint import load_json, load_tensors
 from diffusion_policy.core.trainer import Trainer, TrainerConfig
-from diffusion_policy.data.recorder import record_episodes
-from diffusion_policy.data.replay_buffer import ReplayBuffer
 from diffusion_policy.eval.callback import EvalCallback
 from diffusion_policy.eval.rollout import EvalConfig
 from diffusion_policy.policy import DiffusionPolicy, load_policy
 from diffusion_policy.train_policy import TaskConfig, build_eval_callback, train_policy
 from envs import OBSTACLE_AVOID_ID
-from envs.experts import make_expert
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -131,14 +128,6 @@ def test_training_is_bit_identical_with_and_without_evaluation(tmp_path):
     assert all(torch.equal(plain[k], evaluated[k]) for k in plain)
     rows = [json.loads(line) for line in (tmp_path / "eval" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "eval/mean_score" in r] == [2, 4, 5]
-
-
-@pytest.fixture(scope="module")
-def demos(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "demos.zarr"
-    record_episodes(OBSTACLE_AVOID_ID, lambda seed: make_expert(OBSTACLE_AVOID_ID, seed),
-                    ReplayBuffer.create(path), 4, progress=False)
-    return path
 
 
 def test_train_policy_evaluates_and_keeps_best_policy(demos, tmp_path):

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import gymnasium as gym
-import pytest
 import torch
 
 from diffusion_policy.core.checkpoint import load_tensors
@@ -73,14 +72,6 @@ def test_kill_9_while_recording_keeps_every_finished_episode(tmp_path):
     more = record_episodes(OBSTACLE_AVOID_ID, lambda seed: make_expert(OBSTACLE_AVOID_ID, seed),
                            ReplayBuffer.open(path, mode="a"), 1, seed=1000, successful_only=False, progress=False)
     assert more.episodes_saved == 1 and ReplayBuffer.open(path).n_episodes == buffer.n_episodes + 1
-
-
-@pytest.fixture(scope="module")
-def demos(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "demos.zarr"
-    record_episodes(OBSTACLE_AVOID_ID, lambda seed: make_expert(OBSTACLE_AVOID_ID, seed),
-                    ReplayBuffer.create(path), 4, progress=False)
-    return path
 
 
 def train_command(demos: Path, run_dir: Path, *extra: str) -> list[str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -201,6 +203,18 @@ def test_huge_observation_raises_instead_of_returning_nan_actions():
     with pytest.raises(ValueError, match=r"non-finite action chunk from observations with pos in \[1e\+30, 1e\+30\], "
                                          r"vel in .*; its training data had pos in \[-1.98905, 1.98884\]"):
         policy.predict_action(obs)
+
+
+def test_extra_observation_keys_warn_once(policy):
+    obs = observation() | {"camera": torch.zeros(3, 2, 4)}
+    noise = torch.randn(3, 8, 2)
+    with pytest.warns(UserWarning, match=r"observation keys \['camera'\] are not the policy's and are ignored; "
+                                         r"it takes \['pos', 'vel'\]"):
+        out = policy.predict_action(obs, noise=noise)
+    torch.testing.assert_close(out["action_pred"], policy.predict_action(observation(), noise=noise)["action_pred"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        policy.predict_action(obs, noise=noise)  # the same keys again: no second warning
 
 
 def test_batch_of_zero_observations_is_named():

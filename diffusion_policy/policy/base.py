@@ -1,12 +1,13 @@
 """What every policy shares: observation checks, normalisation, chunk slicing and save/load.
 
 A policy directory is self-contained: `config.json` (kind + typed config), `model.safetensors`
-(network weights) and `normalizer.safetensors` (normaliser statistics). It acts without any
-training config file.
+(network weights), `normalizer.safetensors` (normaliser statistics) and `MANIFEST.sha256` (their
+hashes, checked on load: core/artifact.py). It acts without any training config file.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -43,6 +44,7 @@ class BasePolicy(nn.Module):
             raise KeyError(f"normalizer has no statistics for {missing}; it knows {normalizer.keys}")
         self.config = config
         self.normalizer = normalizer
+        self._warned_extra_keys: set[tuple[str, ...]] = set()
         self.obs_encoder = (MultiObsEncoder(config.obs_shapes, config.n_obs_steps, config.vision)
                             if self._image_keys else LowDimObsEncoder(config.obs_shapes, config.n_obs_steps))
 
@@ -111,6 +113,7 @@ class BasePolicy(nn.Module):
         > 0, the clip of the guidance weight) by pseudoinverse guidance, which also steers the free
         actions to continue the held ones at the cost of a backward pass per step.
         """
+        self._warn_extra_keys(obs)
         obs = validate_obs(obs, self.config.obs_shapes, self.config.n_obs_steps, self.device, self._image_keys)
         cond = self.condition(obs)
         known, mask = self._prefix_constraint(prefix, prefix_weights, cond.shape[0])
@@ -124,6 +127,14 @@ class BasePolicy(nn.Module):
                              f"training data had {_ranges(self._training_ranges())}")
         start = self.config.n_obs_steps - 1
         return {"action": action_pred[:, start : start + self.config.n_action_steps], "action_pred": action_pred}
+
+    def _warn_extra_keys(self, obs: ObsLike) -> None:
+        """Warn once per set of observation keys the policy does not take (they are not used)."""
+        extra = tuple(sorted(set(obs) - set(self.config.obs_shapes))) if isinstance(obs, Mapping) else ()
+        if extra and extra not in self._warned_extra_keys:
+            self._warned_extra_keys.add(extra)
+            warnings.warn(f"observation keys {list(extra)} are not the policy's and are ignored; it takes "
+                          f"{sorted(self.config.obs_shapes)}", stacklevel=3)
 
     def _training_ranges(self) -> dict[str, tuple[float, float]]:
         """Per low-dim key, the least and greatest value of the normaliser's statistics (its training data)."""
