@@ -57,8 +57,11 @@ def main(argv: list[str] | None = None) -> None:
         policy.inference = args.inference
     keys = ServerKeys(args.server_key, args.allowed_clients) if args.server_key is not None else None
     limits = ServerLimits(args.max_candidates, not args.no_guidance, args.deadline, args.per_client)
-    with PolicyServer(LocalPredictor(policy), args.address, limits=limits, keys=keys,
-                      insecure=args.insecure) as server:
+    try:
+        server = PolicyServer(LocalPredictor(policy), args.address, limits=limits, keys=keys, insecure=args.insecure)
+    except (ValueError, OSError) as exc:
+        raise SystemExit(f"serve_policy.py: {exc}") from None
+    with server:
         print(f"serving {args.policy} on {server.address}", flush=True)
         try:
             server.serve_forever()

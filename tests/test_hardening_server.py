@@ -251,3 +251,17 @@ def test_huge_observation_gives_an_error_naming_ranges_not_nan_actions():
         with PolicyClient(server.address, timeout_s=10.0) as client:
             with pytest.raises(RemotePolicyError, match=r"non-finite.*pos in \["):
                 client.predict(ChunkRequest(obs))
+
+
+def test_serve_script_refuses_a_bare_network_bind(tmp_path):
+    import torch
+
+    from diffusion_policy.policy import DiffusionPolicy
+    from scripts import serve_policy
+    torch.manual_seed(0)
+    DiffusionPolicy(small_config(), normalizer()).save(tmp_path / "policy")
+    with pytest.raises(SystemExit, match=r"serve_policy\.py: binding 'tcp://0\.0\.0\.0:0' without CURVE keys .* "
+                                         r"serve_policy\.py --server-key --allowed-clients"):
+        serve_policy.main(["--policy", str(tmp_path / "policy"), "--address", "tcp://0.0.0.0:0"])
+    with pytest.raises(SystemExit):  # half a key pair is a usage error
+        serve_policy.main(["--policy", str(tmp_path / "policy"), "--server-key", "x.key_secret"])

@@ -160,8 +160,9 @@ class PolicyServer:
         if keys is None and not is_loopback(address):
             if not insecure:
                 raise ValueError(f"binding {address!r} without CURVE keys would let any peer on the network query "
-                                 "and occupy this policy: pass keys (scripts/policy_keys.py; serve_policy.py "
-                                 "--keys), bind a loopback address, or say insecure=True (--insecure)")
+                                 "and occupy this policy: pass CURVE keys (scripts/policy_keys.py makes them; "
+                                 "serve_policy.py --server-key --allowed-clients), bind a loopback address, or "
+                                 "say insecure=True (serve_policy.py --insecure)")
             logger.warning("serving on %s WITHOUT authentication or encryption (insecure=True)", address)
         self.predictor = predictor
         self.max_message_bytes = max_message_bytes
