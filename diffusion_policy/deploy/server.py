@@ -187,6 +187,8 @@ class PolicyServer:
         self._pipe_endpoint = f"inproc://policy-server-pipe-{next(_REPLY_ENDPOINTS)}"
         self._pipe = self._context.socket(zmq.PAIR)
         self._pipe.bind(self._pipe_endpoint)
+        self._worker_pipe = self._context.socket(zmq.PAIR)  # used by the thread that serves
+        self._worker_pipe.connect(self._pipe_endpoint)
         self._queue = FairQueue(self.limits.per_client)
         self._serving = threading.Lock()  # zmq sockets are not thread-safe: one serving loop at a time
         self._thread: threading.Thread | None = None
@@ -263,6 +265,7 @@ class PolicyServer:
 
     def close(self) -> None:
         self.stop()
+        self._worker_pipe.close(linger=0)
         self._pipe.close(linger=0)
         self._release()
 
@@ -304,7 +307,8 @@ class PolicyServer:
             if not self._queue.put(Waiting(envelope[0], time.monotonic(), (envelope, request_id, request))):
                 raise RuntimeError(f"this client already has per_client={self.limits.per_client} requests "
                                    "waiting; send the next one after a reply")
-            self._pipe.send(b"", flags=zmq.NOBLOCK)  # wake the policy's thread
+            with contextlib.suppress(zmq.Again):  # a full pipe already holds wake-ups enough
+                self._pipe.send(b"", flags=zmq.NOBLOCK)  # wake the policy's thread
             return 0
         except Exception as exc:
             logger.error("request id=%s failed in %s: %s", request_id, stage, describe(exc))
@@ -341,25 +345,21 @@ class PolicyServer:
     # --- inference (the thread that called serve) ---------------------------------------------------
     def _infer(self, stop: threading.Event) -> None:
         """Run queued requests through the predictor, one at a time, until `stop`; replies go to the socket thread."""
-        pipe = self._context.socket(zmq.PAIR)
-        pipe.connect(self._pipe_endpoint)
-        try:
-            while not stop.is_set():
-                if not pipe.poll(POLL_INTERVAL_MS):
-                    continue
-                with contextlib.suppress(zmq.Again):  # one wake-up per queued request; the queue says what to do
-                    while True:
-                        pipe.recv(flags=zmq.NOBLOCK)
-                while (item := self._queue.get()) is not None:
-                    envelope, request_id, request = item.payload
-                    try:
-                        reply, arrays = self._predict(request)
-                    except Exception as exc:
-                        logger.error("request id=%s failed in predict: %s", request_id, describe(exc), exc_info=True)
-                        reply, arrays = {"type": "error", "error": describe(exc)}, {}
-                    pipe.send_multipart([*envelope, *encode({**reply, "id": request_id}, arrays)], copy=False)
-        finally:
-            pipe.close(linger=1000)
+        pipe = self._worker_pipe
+        while not stop.is_set():
+            if not pipe.poll(POLL_INTERVAL_MS):
+                continue
+            with contextlib.suppress(zmq.Again):  # one wake-up per queued request; the queue says what to do
+                while True:
+                    pipe.recv(flags=zmq.NOBLOCK)
+            while (item := self._queue.get()) is not None:
+                envelope, request_id, request = item.payload
+                try:
+                    reply, arrays = self._predict(request)
+                except Exception as exc:
+                    logger.error("request id=%s failed in predict: %s", request_id, describe(exc), exc_info=True)
+                    reply, arrays = {"type": "error", "error": describe(exc)}, {}
+                pipe.send_multipart([*envelope, *encode({**reply, "id": request_id}, arrays)], copy=False)
 
     def _predict(self, request: ChunkRequest) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         start = time.perf_counter()
