@@ -75,7 +75,8 @@ def test_kill_9_while_recording_keeps_every_finished_episode(tmp_path):
 
 
 def train_command(demos: Path, run_dir: Path, *extra: str) -> list[str]:
-    return [sys.executable, str(ROOT / "scripts" / "train.py"), "policy=diffusion_unet_small", "training=demo",
+    return [sys.executable, str(ROOT / "scripts" / "train.py"), "task=obstacle_avoid", "policy=diffusion_unet_small",
+            "training=demo",
             "policy.network.down_dims=[8,16]", "policy.network.step_embed_dim=8", "policy.horizon=8",
             "policy.n_action_steps=4", "training.batch_size=8", "training.max_steps=400",
             "training.checkpoint_every=20", "training.keep_checkpoints=3", "training.val_every=100",

@@ -35,7 +35,8 @@ def demos(tmp_path_factory) -> Path:
 
 
 def trained(policy: str, demos: Path, run_dir: Path, max_steps: int):
-    overrides = [f"policy={policy}", "training=demo", f"training.max_steps={max_steps}", "training.progress=false",
+    overrides = ["task=obstacle_avoid", f"policy={policy}", "training=demo", f"training.max_steps={max_steps}",
+                 "training.progress=false",
                  f"task.dataset.path={demos}", f"run_dir={run_dir}"]
     with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
         cfg = OmegaConf.to_container(compose(config_name="train", overrides=overrides), resolve=True)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from diffusion_policy.data.recorder import record_episodes
@@ -32,7 +33,7 @@ def demos(tmp_path_factory) -> Path:
 
 
 def test_train_then_resume(demos, tmp_path):
-    common = ["policy=diffusion_unet_small", "training=demo", "policy.network.down_dims=[8,16]",
+    common = ["task=obstacle_avoid", "policy=diffusion_unet_small", "training=demo", "policy.network.down_dims=[8,16]",
               "policy.network.step_embed_dim=8", "policy.horizon=8", "policy.n_action_steps=4",
               "training.batch_size=8", "training.checkpoint_every=2", "training.progress=false",
               "eval.vector=sync", "eval.n_episodes=2", "eval.n_envs=2", "eval.n_videos=0",
@@ -53,19 +54,20 @@ def test_train_then_resume(demos, tmp_path):
 
 
 def test_unknown_option_is_named(demos, tmp_path):
-    result = run_train(f"task.dataset.path={demos}", f"run_dir={tmp_path}", "+training.lerning_rate=1")
+    result = run_train("task=obstacle_avoid", f"task.dataset.path={demos}", f"run_dir={tmp_path}",
+                       "+training.lerning_rate=1")
     assert result.returncode != 0
     assert "lerning_rate" in result.stderr
 
 
 def test_missing_dataset_says_how_to_make_one(tmp_path):
-    result = run_train(f"task.dataset.path={tmp_path / 'none.zarr'}", f"run_dir={tmp_path}")
+    result = run_train("task=obstacle_avoid", f"task.dataset.path={tmp_path / 'none.zarr'}", f"run_dir={tmp_path}")
     assert result.returncode != 0
     assert "generate_demos.py" in result.stderr
 
 
 def test_resume_gives_the_weights_of_an_independent_uninterrupted_run(demos, tmp_path):
-    common = ["policy=diffusion_unet_small", "training=demo", "policy.network.down_dims=[8,16]",
+    common = ["task=obstacle_avoid", "policy=diffusion_unet_small", "training=demo", "policy.network.down_dims=[8,16]",
               "policy.network.step_embed_dim=8", "policy.horizon=8", "policy.n_action_steps=4",
               "training.batch_size=8", "training.checkpoint_every=3", "training.progress=false",
               "eval.enabled=false", f"task.dataset.path={demos}"]
@@ -76,3 +78,44 @@ def test_resume_gives_the_weights_of_an_independent_uninterrupted_run(demos, tmp
         assert result.returncode == 0, result.stderr
     weights = [(tmp_path / run / "policy" / "model.safetensors").read_bytes() for run in ("straight", "resumed")]
     assert weights[0] == weights[1]
+
+
+def test_no_task_is_refused_with_the_list_of_tasks():
+    result = run_train()
+    assert result.returncode != 0
+    assert "You must specify 'task'" in result.stderr and "pusht_original_lowdim" in result.stderr
+
+
+def test_help_lists_only_the_policy_groups():
+    result = run_train("--help")
+    assert result.returncode == 0
+    assert "task: metaworld, obstacle_avoid, pusht," in result.stdout
+    assert "training: default, demo, metaworld, pusht_demo" in result.stdout
+    assert "image_model" not in result.stdout and "image_training" not in result.stdout
+
+
+def test_readme_python_example_runs_as_written(tmp_path, monkeypatch):
+    """The README's Python block, with `make demo`'s policy replaced by one of the same shapes."""
+    import re
+
+    import torch
+
+    from diffusion_policy.config_utils import from_dict
+    from diffusion_policy.data.normalizer import Normalizer
+    from diffusion_policy.policy import DiffusionPolicy, DiffusionPolicyConfig
+
+    rng = np.random.default_rng(0)
+    shapes = {"agent_pos": (2,), "keypoints": (18,)}
+    config = from_dict(DiffusionPolicyConfig, {"obs_shapes": shapes, "action_dim": 2,
+                                               "network": {"down_dims": [16, 32], "step_embed_dim": 16}})
+    stats = {key: rng.uniform(0, 512, (50, *shape)) for key, shape in shapes.items()}
+    torch.manual_seed(0)
+    DiffusionPolicy(config, Normalizer.fit(stats | {"action": rng.uniform(0, 512, (50, 2))})).save(
+        tmp_path / "runs" / "demo" / "pusht" / "policy")
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    example = next(block for block in blocks if "predict_action" in block)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(example, "README.md", "exec"), namespace)
+    assert tuple(namespace["out"]["action"].shape) == (1, 8, 2)
+    assert np.isfinite(namespace["frame"]["agent_pos"]).all()
