@@ -9,6 +9,8 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 # MuJoCo renders offscreen through EGL: Mesa's EGL vendor library (software rendering on a CPU-only machine).
 EGL_MESA := /usr/share/glvnd/egl_vendor.d/50_mesa.json
 EXTRAS := dev,pusht-original,image,metaworld,formats
+TORCH_VERSION ?= 2.13.0
+TORCH_INDEX ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup demo demo-multimodal robot pixels image image-baseline metaworld test test-slow bench clean
@@ -23,13 +25,15 @@ $(EGL_MESA):
 	$(SUDO) apt-get install -y -q libegl1 libegl-mesa0 libgl1-mesa-dri || \
 		($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q libegl1 libegl-mesa0 libgl1-mesa-dri)
 
-# torch is installed first and pinned to the local CPU wheel: a bare `torch` requirement would pull
-# gigabytes of CUDA packages. The package's own range (torch>=2.4) is then already satisfied.
+# torch is installed first, pinned: the machines this project is built on serve a CPU wheel from their
+# pip configuration. On a stock pip, PyPI's torch is the CUDA build (gigabytes of CUDA packages); for
+# the CPU one say `make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu` (PyTorch's CPU index).
+# The package's own range (torch>=2.4) is then already satisfied.
 # The metaworld extra pins mujoco==3.3.0; MuJoCo 4 splits into mujoco-core and mujoco-studio, whose
 # files a downgrade would leave behind, so a venv that has them drops all three first.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	if $(PY) -m pip show --quiet mujoco-core 2>/dev/null; then \
 		$(PY) -m pip uninstall --yes --quiet mujoco mujoco-core mujoco-studio; fi
 	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
