@@ -25,6 +25,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 
+from diffusion_policy.core.cpu_features import cpu_model
 from envs import PUSHT_ID, PUSHT_MAX_STEPS, PUSHT_PYMUNK_ID
 
 IMAGE_SIZE = 96
@@ -123,7 +124,7 @@ def main() -> None:
         print(f"{name:45s} {rate:8.0f} frames/s ({IMAGE_SIZE}x{IMAGE_SIZE})")
     report = {"steps_per_second": results, "frames_per_second": frames, "image_size": IMAGE_SIZE,
               "steps": args.steps, "frames": args.frames, "machine": platform.processor() or platform.machine(),
-              "date": time.strftime("%Y-%m-%d")}
+              "cpu": cpu_model(), "cpu_count": os.cpu_count(), "date": time.strftime("%Y-%m-%d")}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"written to {args.out}")
