@@ -2,7 +2,9 @@ r"""Real-time Push-T with each chunk transition against offline evaluation of th
 
 For each transition, runs `scripts/run_robot.py`'s episodes (same seeds, wall-clock physics), then
 evaluates the policy offline (`evaluate_policy`, same seeds), and writes `transitions.json` and a
-markdown table `transitions.md`: success, score, boundary jump / jerk and loop timing per mode.
+markdown table `transitions.md`: success with its Wilson 95% interval, score, boundary jump / jerk
+and loop timing per mode, and each mode's Fisher exact p against `replace` (when it is one of the
+modes; same seeds), all also in the JSON.
 
 Example (about 25 s per episode and mode at --time-scale 1):
     python scripts/compare_transitions.py --policy runs/demo/pusht/policy --episodes 25
@@ -20,6 +22,7 @@ import importlib.util
 from pathlib import Path
 
 from diffusion_policy.core.checkpoint import save_json
+from diffusion_policy.eval.metrics import fisher_exact_p, wilson_interval
 from diffusion_policy.eval.rollout import EvalConfig, evaluate_policy
 from diffusion_policy.eval.run_dir import resolve_policy_dir
 from diffusion_policy.policy import DiffusionPolicy, load_policy
@@ -63,22 +66,43 @@ def offline(args: argparse.Namespace) -> dict:
         policy.inference = args.inference
     result = evaluate_policy(policy, EvalConfig(env_id=run_robot.PUSHT_ID, n_episodes=args.episodes, n_envs=1,
                                                 seed=args.seed, vector="sync", n_videos=0))
-    return {k: result.summary[k] for k in ("success_rate", "mean_score", "success_ci95")}
+    summary = {k: result.summary[k] for k in ("success_rate", "mean_score", "success_ci95")}
+    return summary | {"n_episodes": args.episodes}
 
 
-def table(rows: dict[str, dict]) -> str:
-    lines = ["| mode | success | mean score | boundary jump mean / max | inside-chunk step | jerk mean / max "
-             "| latency p50 / p99 (ms) | jitter p99 (ms) | deadline misses |",
-             "|---|---|---|---|---|---|---|---|---|"]
+def add_statistics(rows: dict[str, dict], baseline: str = "replace") -> None:
+    """Give every row its successes, Wilson 95% interval and, against the `baseline` row when there
+    is one, the two-sided Fisher exact p of the success difference (same seeds, same episode count)."""
+    counts = {}
     for name, r in rows.items():
+        if "episodes" in r:
+            counts[name] = (sum(bool(e["success"]) for e in r["episodes"]), len(r["episodes"]))
+        else:  # the offline row: evaluate_policy's summary
+            counts[name] = (round(r["success_rate"] * r["n_episodes"]), r["n_episodes"])
+    for name, (wins, n) in counts.items():
+        rows[name]["successes"], rows[name]["n_episodes"] = wins, n
+        rows[name]["success_wilson95"] = list(wilson_interval(wins, n))
+        if baseline in counts and name != baseline:
+            rows[name][f"fisher_p_vs_{baseline}"] = fisher_exact_p(wins, n, *counts[baseline])
+
+
+def table(rows: dict[str, dict], baseline: str = "replace") -> str:
+    lines = ["| mode | success (95% CI) | mean score | boundary jump mean / max | inside-chunk step | jerk mean / max "
+             f"| latency p50 / p99 (ms) | jitter p99 (ms) | deadline misses | p vs {baseline} |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in rows.items():
+        low, high = r["success_wilson95"]
+        success = f"{r['success_rate']:.0%} ({low:.0%}–{high:.0%})"
+        p = r.get(f"fisher_p_vs_{baseline}")
+        p_cell = "" if p is None else f"{p:.2g}"
         if "loop" not in r:
-            lines.append(f"| {name} | {r['success_rate']:.0%} | {r['mean_score']:.3f} | | | | | | |")
+            lines.append(f"| {name} | {success} | {r['mean_score']:.3f} | | | | | | | {p_cell} |")
             continue
         b, lp = r["loop"]["boundaries"], r["loop"]
-        lines.append(f"| {name} | {r['success_rate']:.0%} | {r['mean_score']:.3f} | {b['jump_mean']:.1f} / "
+        lines.append(f"| {name} | {success} | {r['mean_score']:.3f} | {b['jump_mean']:.1f} / "
                      f"{b['jump_max']:.1f} | {b['inside_step_mean']:.1f} | {b['jerk_mean']:.1f} / {b['jerk_max']:.1f} "
                      f"| {lp['inference_latency_ms']['p50']:.0f} / {lp['inference_latency_ms']['p99']:.0f} "
-                     f"| {lp['period_jitter_ms']['p99']:.2f} | {lp['deadline_misses']} |")
+                     f"| {lp['period_jitter_ms']['p99']:.2f} | {lp['deadline_misses']} | {p_cell} |")
     return "\n".join(lines) + "\n"
 
 
@@ -96,6 +120,8 @@ def main(argv: list[str] | None = None) -> dict:
              "--out", str(args.out / mode.replace(":", "_")), "--plot", *(["--soft-steps", steps] if steps else []),
              *passed])
         save_json(rows, args.out / "transitions.json")
+    add_statistics(rows)
+    save_json(rows, args.out / "transitions.json")
     (args.out / "transitions.md").write_text(table(rows))
     print(table(rows))
     return rows

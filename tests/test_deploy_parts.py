@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import types
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -196,15 +201,16 @@ def test_spec_checks_candidates():
         spec.check_request(ChunkRequest(obs, prefix, weights, prefix_guidance=5.0, candidates=4))
 
 
-def test_transition_tradeoff_plot_and_its_script(tmp_path):
-    import importlib.util
-    import json
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "scripts" / "plot_transitions.py"
-    spec = importlib.util.spec_from_file_location("plot_transitions", path)
+def load_script(name: str) -> types.ModuleType:
+    """scripts/<name>.py as a module."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
+    return script
+
+
+def test_transition_tradeoff_plot_and_its_script(tmp_path):
+    script = load_script("plot_transitions")
     run = tmp_path / "run"
     run.mkdir()
     loop = {"boundaries": {"jump_mean": 20.0, "jump_max": 90.0}}
@@ -220,3 +226,23 @@ def test_transition_tradeoff_plot_and_its_script(tmp_path):
         script.collect([str(tmp_path)])
     with pytest.raises(ValueError, match="5 successes of 3 episodes"):
         plot_transition_tradeoff({"x": (1.0, 2.0, 5, 3)}, tmp_path / "bad.png")
+
+
+def test_compare_transitions_computes_its_statistics():
+    """Wilson intervals and Fisher's exact p against `replace` come from the script, into its JSON rows."""
+    script = load_script("compare_transitions")
+    loop = {"boundaries": {"jump_mean": 1.0, "jump_max": 2.0, "inside_step_mean": 0.5, "jerk_mean": 1.0,
+                           "jerk_max": 3.0}, "inference_latency_ms": {"p50": 70.0, "p99": 80.0},
+            "period_jitter_ms": {"p99": 0.2}, "deadline_misses": 0}
+    rows = {"offline (evaluate_policy)": {"success_rate": 0.5, "mean_score": 0.8, "n_episodes": 100},
+            "replace": {"success_rate": 0.3, "mean_score": 0.7, "loop": loop,
+                        "episodes": [{"success": i < 30} for i in range(100)]},
+            "rtc_soft:3": {"success_rate": 0.2, "mean_score": 0.6, "loop": loop,
+                           "episodes": [{"success": i < 20} for i in range(100)]}}
+    script.add_statistics(rows)
+    assert rows["rtc_soft:3"]["fisher_p_vs_replace"] == pytest.approx(0.1412067463, rel=1e-9)  # scipy's value
+    assert rows["rtc_soft:3"]["success_wilson95"] == pytest.approx([0.1333669333, 0.2888291656], rel=1e-9)
+    assert rows["offline (evaluate_policy)"]["successes"] == 50 and "fisher_p_vs_replace" not in rows["replace"]
+    table = script.table(rows)
+    assert "| p vs replace |" in table.splitlines()[0]
+    assert "| rtc_soft:3 | 20% (13%–29%) | 0.600 |" in table and table.splitlines()[-1].endswith("| 0.14 |")
