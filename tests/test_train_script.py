@@ -8,13 +8,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 
-from diffusion_policy.data.recorder import record_episodes
-from diffusion_policy.data.replay_buffer import ReplayBuffer
 from diffusion_policy.policy import load_policy
-from envs import OBSTACLE_AVOID_ID
-from envs.experts import make_expert
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,14 +17,6 @@ ROOT = Path(__file__).resolve().parents[1]
 def run_train(*overrides: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), *overrides],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
-
-
-@pytest.fixture(scope="module")
-def demos(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "demos.zarr"
-    record_episodes(OBSTACLE_AVOID_ID, lambda seed: make_expert(OBSTACLE_AVOID_ID, seed),
-                    ReplayBuffer.create(path), 6, progress=False)
-    return path
 
 
 def test_train_then_resume(demos, tmp_path):
