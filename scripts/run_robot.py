@@ -39,6 +39,7 @@ from diffusion_policy.deploy.safety import SafetyConfig
 from diffusion_policy.deploy.sim_robot import MujocoSimRobot
 from diffusion_policy.deploy.transitions import SOFT_TRANSITIONS, TRANSITIONS
 from diffusion_policy.deploy.virtual_time import LatencyWorker, VirtualClock
+from diffusion_policy.deploy.worker import InferenceWorker, inference_owns_torch_threads
 from diffusion_policy.eval.run_dir import resolve_policy_dir
 from diffusion_policy.policy import DiffusionPolicy, load_policy
 from diffusion_policy.policy.diffusion_policy import INFERENCE_MODES
@@ -75,6 +76,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--client-key", type=Path, help="--server with CURVE: this client's .key_secret file")
     parser.add_argument("--server-public-key", type=Path, help="--server with CURVE: the server's .key file")
     parser.add_argument("--inference", choices=INFERENCE_MODES, default="auto", help="diffusion sampling path")
+    parser.add_argument("--inference-threads", type=int, help="torch threads of a local policy's inference "
+                        "worker (default: every CPU but one, which the control loop keeps)")
     parser.add_argument("--out", type=Path, default=Path("runs/robot"), help="output directory")
     parser.add_argument("--plot", action="store_true", help="plot commanded vs executed (first episode)")
     args = parser.parse_args(argv)
@@ -132,7 +135,8 @@ def run_episode(predictor: ChunkPredictor, args: argparse.Namespace, seed: int) 
                               record_obs_key="agent_pos", safety=SafetyConfig(max_delta=args.max_delta))
     if args.virtual_latency_ms is None:
         robot = MujocoSimRobot(args.env, seed=seed, time_scale=args.time_scale)
-        loop = ControllerLoop(robot, predictor, config)
+        loop = ControllerLoop(robot, predictor, config, worker_factory=lambda p, c: InferenceWorker(
+            p, c, torch_threads=args.inference_threads))
     else:
         clock = VirtualClock()
         latency_s = args.virtual_latency_ms / 1000
@@ -147,7 +151,11 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     logs, outcomes = [], []
-    with open_predictor(args) as predictor:
+    # A local policy in wall-clock time computes in the worker thread; this thread then stays single-
+    # threaded so that the worker's torch runs at full speed (deploy/worker.py).
+    local_wall_clock = args.virtual_latency_ms is None and args.server is None and not args.spawn_server
+    threads = inference_owns_torch_threads() if local_wall_clock else contextlib.nullcontext()
+    with threads, open_predictor(args) as predictor:
         for i in range(args.episodes):
             seed = args.seed + i
             log, outcome = run_episode(predictor, args, seed)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import types
 from pathlib import Path
 
@@ -246,3 +247,41 @@ def test_compare_transitions_computes_its_statistics():
     table = script.table(rows)
     assert "| p vs replace |" in table.splitlines()[0]
     assert "| rtc_soft:3 | 20% (13%–29%) | 0.600 |" in table and table.splitlines()[-1].endswith("| 0.14 |")
+
+
+def test_inference_worker_sets_its_own_torch_threads():
+    import torch
+
+    from diffusion_policy.deploy.worker import (
+        InferenceJob,
+        InferenceWorker,
+        default_torch_threads,
+        inference_owns_torch_threads,
+    )
+
+    class CountingPredictor:
+        spec = None
+
+        def __init__(self):
+            self.threads = []
+
+        def predict(self, request):
+            self.threads.append(torch.get_num_threads())
+            return np.zeros((4, 2), np.float32)
+
+    before = torch.get_num_threads()
+    with inference_owns_torch_threads():
+        assert torch.get_num_threads() == 1
+        for wanted, expected in ((None, default_torch_threads()), (1, 1)):
+            predictor = CountingPredictor()
+            worker = InferenceWorker(predictor, torch_threads=wanted)
+            worker.submit(InferenceJob(0, 0, 0.0, None))
+            assert worker.wait(5.0).error is None
+            worker.close()
+            assert predictor.threads == [expected]
+        assert torch.get_num_threads() == 1  # the worker's setting stays in its own thread
+    assert torch.get_num_threads() == before
+    if not os.environ.get("OMP_NUM_THREADS"):
+        assert default_torch_threads() == max(1, len(os.sched_getaffinity(0)) - 1)
+    with pytest.raises(ValueError, match="torch_threads=0 must be >= 1"):
+        InferenceWorker(CountingPredictor(), torch_threads=0)
