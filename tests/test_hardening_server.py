@@ -203,17 +203,22 @@ def test_clients_take_turns_and_cannot_queue_without_bound():
     order: list[str] = []
     fake = FakePredictor()
 
+    started = threading.Event()
+
     def predict(request):
         order.append("A" if request.obs["agent_pos"][0, 0] == 1 else "B")
+        started.set()
         time.sleep(0.2)
         return np.zeros((16, 2), np.float32)
 
     fake.predict = predict
     with PolicyServer(fake, ANY_PORT, limits=ServerLimits(per_client=2)).start_in_thread() as server:
         a, b = dealer(server.address), dealer(server.address)
-        for i in range(4):  # one starts at once, two wait, the fourth is over the limit
+        send_raw(a, 0, observation(1.0))
+        assert started.wait(5.0)  # A's first request is being computed
+        for i in range(1, 4):  # two wait, the third is over the limit
             send_raw(a, i, observation(1.0))
-            time.sleep(0.02)
+        time.sleep(0.05)  # B's request arrives after A's
         send_raw(b, 0, observation(2.0))
         replies = []
         while len(replies) < 4:
