@@ -78,14 +78,14 @@ def train_command(demos: Path, run_dir: Path, *extra: str) -> list[str]:
     return [sys.executable, str(ROOT / "scripts" / "train.py"), "task=obstacle_avoid", "policy=diffusion_unet_small",
             "training=demo",
             "policy.network.down_dims=[8,16]", "policy.network.step_embed_dim=8", "policy.horizon=8",
-            "policy.n_action_steps=4", "training.batch_size=8", "training.max_steps=400",
-            "training.checkpoint_every=20", "training.keep_checkpoints=3", "training.val_every=100",
+            "policy.n_action_steps=4", "training.batch_size=8", "training.max_steps=1500",
+            "training.checkpoint_every=50", "training.keep_checkpoints=3", "training.val_every=100",
             "training.progress=false", "eval.enabled=false", "training.seed=5", f"task.dataset.path={demos}",
             f"run_dir={run_dir}", *extra]
 
 
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return load_tensors(run_dir / "checkpoints" / "step_00000400" / "model.safetensors")
+    return load_tensors(run_dir / "checkpoints" / "step_00001500" / "model.safetensors")
 
 
 def test_kill_9_while_training_then_resume_is_bit_identical(demos, tmp_path):
@@ -97,9 +97,9 @@ def test_kill_9_while_training_then_resume_is_bit_identical(demos, tmp_path):
     process = subprocess.Popen(train_command(demos, killed_dir), cwd=ROOT, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     latest = killed_dir / "checkpoints" / "latest"
-    wait_until(lambda: latest.is_file() and latest.read_text().strip() >= "step_00000060", process)
+    wait_until(lambda: latest.is_file() and latest.read_text().strip() >= "step_00000100", process)
     kill(process)
-    assert not (killed_dir / "checkpoints" / "step_00000400").exists()
+    assert not (killed_dir / "checkpoints" / "step_00001500").exists()
 
     resumed = subprocess.run(train_command(demos, killed_dir, "resume=true"), cwd=ROOT, capture_output=True,
                              text=True, timeout=600)
