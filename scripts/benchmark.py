@@ -45,6 +45,11 @@ float32, as the original code and LeRobot run it.
 
 A run of selected cases writes only those, by default to `benchmarks/<device>_<case>[_<case>...].json`,
 so it never replaces the full `benchmarks/<device>.json`.
+
+`--repeat N` runs the selected cases N times in one process, for the spread a noisy machine gives:
+
+    python scripts/benchmark.py --cases train_step_b64 memory_read --repeat 8 \
+        --out benchmarks/cpu_train_step_b64_repeats.json
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ import datetime
 import json
 import os
 import platform
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -338,6 +344,20 @@ def run(quick: bool, device: torch.device, cases: list[str]) -> dict:
     return {name: runner() for name, runner in runners.items() if not cases or name in cases}
 
 
+def with_repeats(runs: list[dict]) -> dict:
+    """The first run's results; with several runs, each case also gets `repeats` (per run: every path's
+    p50 and the case's scalar figures) and `median_p50_ms` per path."""
+    results = runs[0]
+    if len(runs) == 1:
+        return results
+    for name, case in results.items():
+        paths = [k for k, v in case.items() if isinstance(v, dict) and "p50_ms" in v]
+        case["repeats"] = [{**{p: r[name][p]["p50_ms"] for p in paths},
+                            **{k: v for k, v in r[name].items() if isinstance(v, (int, float))}} for r in runs]
+        case["median_p50_ms"] = {p: statistics.median(x[p] for x in case["repeats"]) for p in paths}
+    return results
+
+
 def machine_info(device: torch.device) -> dict[str, object]:
     return {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -357,7 +377,7 @@ def machine_info(device: torch.device) -> dict[str, object]:
 def print_report(results: dict) -> None:
     for name, values in results.items():
         if "ratio" in values:
-            paths = [k for k in values if isinstance(values[k], dict)]
+            paths = [k for k in values if isinstance(values[k], dict) and "p50_ms" in values[k]]
             cells = "  ".join(f"{p} p50 {values[p]['p50_ms']:.1f} ms (p99 {values[p]['p99_ms']:.1f})" for p in paths)
             print(f"{name:<27} {cells}  ratio {values['ratio']:.2f}x")
         else:
@@ -372,12 +392,17 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (smoke run)")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/<device>.json)")
     parser.add_argument("--cases", nargs="+", default=[], help="run only these cases (default: all)")
+    parser.add_argument("--repeat", type=int, default=1, help="run the cases this many times; each case then "
+                        "keeps every run's figures (`repeats`) and the median p50 per path (`median_p50_ms`)")
     args = parser.parse_args()
+    if args.repeat < 1:
+        parser.error(f"--repeat {args.repeat} must be >= 1")
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if device.type == "cpu":
         keep_freed_memory()  # as the trainer does
-    report = {"machine": machine_info(device), "results": run(args.quick, device, args.cases)}
+    runs = [run(args.quick, device, args.cases) for _ in range(args.repeat)]
+    report = {"machine": machine_info(device), "results": with_repeats(runs)}
     out = args.out or Path("benchmarks") / ("_".join([device.type, *args.cases]) + ".json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
