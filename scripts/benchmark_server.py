@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import zmq
 
+from diffusion_policy.core.cpu_features import cpu_model
 from diffusion_policy.deploy.client import PolicyClient
 from diffusion_policy.deploy.codec import encode, pack_request
 from diffusion_policy.deploy.predictor import ChunkRequest, PolicySpec
@@ -115,13 +116,9 @@ def run_case(spec: PolicySpec, in_process: bool, warmup: int, reps: int) -> dict
 
 
 def machine_info() -> dict[str, Any]:
-    cpu = "unknown"
-    if Path("/proc/cpuinfo").exists():
-        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")), cpu)
     return {"date": datetime.datetime.now().isoformat(timespec="seconds"), "platform": platform.platform(),
             "python": platform.python_version(), "pyzmq": zmq.__version__, "libzmq": zmq.zmq_version(),
-            "cpu": cpu, "cpu_count": os.cpu_count(), "load_average_1m": os.getloadavg()[0],
+            "cpu": cpu_model(), "cpu_count": os.cpu_count(), "load_average_1m": os.getloadavg()[0],
             "protocol_version": PROTOCOL_VERSION}
 
 

@@ -26,7 +26,6 @@ import argparse
 import datetime
 import json
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -113,13 +112,11 @@ def client_loop(address: str, keys: ClientKeys | None, request: ChunkRequest, n:
 def run_case(policy_dir: Path, key_flags: list[str], keys: ClientKeys | None, kinds: list[str],
              spec: PolicySpec, args: argparse.Namespace) -> dict[str, Any]:
     """One server process, `len(kinds)` client threads each sending its kind of request."""
-    port = _free_port()
-    address = f"tcp://127.0.0.1:{port}"
     server = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "serve_policy.py"), "--policy", str(policy_dir),
-                               "--address", address, *key_flags], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                              text=True)
+                               "--address", "tcp://127.0.0.1:0", *key_flags], stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True)
     try:
-        server.stdout.readline()  # "serving ... on ..." once bound
+        address = server.stdout.readline().split()[-1]  # "serving <policy> on <bound endpoint>"
         limits = ServerLimits()
         by_kind = requests(spec, limits)
         with PolicyClient(address, timeout_s=60.0, keys=keys) as warm:
@@ -158,12 +155,6 @@ def run_case(policy_dir: Path, key_flags: list[str], keys: ClientKeys | None, ki
 
 def _pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

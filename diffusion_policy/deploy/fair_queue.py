@@ -64,7 +64,3 @@ class FairQueue:
                 if not queue:
                     del self._queues[client]
         return expired
-
-    def __len__(self) -> int:
-        with self._lock:
-            return sum(len(q) for q in self._queues.values())

@@ -73,7 +73,7 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 * 2**20
 POLL_INTERVAL_MS = 50  # how quickly a serving loop notices its stop event
 # The socket thread takes the interpreter lock back from the policy's thread within 0.5 ms, not 5 ms.
 _SWITCH_INTERVAL_S = 5e-4
-_REPLY_ENDPOINTS = itertools.count()
+_PIPE_ENDPOINTS = itertools.count()
 
 
 class DeadlineExceeded(RuntimeError):
@@ -184,7 +184,7 @@ class PolicyServer:
             raise OSError(f"cannot bind policy server to {address!r}: {exc}") from exc
         self.address: str = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
         # A pipe between the socket thread and the policy's: "work queued" one way, replies the other.
-        self._pipe_endpoint = f"inproc://policy-server-pipe-{next(_REPLY_ENDPOINTS)}"
+        self._pipe_endpoint = f"inproc://policy-server-pipe-{next(_PIPE_ENDPOINTS)}"
         self._pipe = self._context.socket(zmq.PAIR)
         self._pipe.bind(self._pipe_endpoint)
         self._worker_pipe = self._context.socket(zmq.PAIR)  # used by the thread that serves
@@ -335,8 +335,8 @@ class PolicyServer:
             self._send(envelope, {"type": "error", "id": request_id, "error": describe(error)})
         return len(expired)
 
-    def _send(self, envelope: list[bytes], reply: dict[str, Any], arrays: dict[str, np.ndarray] | None = None) -> None:
-        self._socket.send_multipart([*envelope, *encode(reply, arrays or {})], copy=False)
+    def _send(self, envelope: list[bytes], reply: dict[str, Any]) -> None:
+        self._socket.send_multipart([*envelope, *encode(reply, {})], copy=False)
 
     def _hello(self) -> dict[str, Any]:
         return {"protocol_version": PROTOCOL_VERSION, "package_version": self.package_version,

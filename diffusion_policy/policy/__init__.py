@@ -17,8 +17,8 @@ POLICY_CLASSES: dict[str, type[BasePolicy]] = {cls.kind: cls for cls in (Diffusi
 
 def load_policy(path: str | Path, device: str | torch.device = "cpu") -> BasePolicy:
     """Load any saved policy directory (a checkpoint's `policy/` or a training run's export)."""
-    kind, _ = read_artifact(path, POLICY_CLASSES)
-    return POLICY_CLASSES[kind].load(path, device)
+    kind, stored = read_artifact(path, POLICY_CLASSES)
+    return POLICY_CLASSES[kind].from_artifact(path, stored, device)
 
 
 __all__ = [

@@ -174,12 +174,19 @@ class BasePolicy(nn.Module):
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> BasePolicy:
         """Rebuild a policy from a directory written by `save`."""
-        path = Path(path)
         _, stored = read_artifact(path, [cls.kind])
+        return cls.from_artifact(path, stored, device)
+
+    @classmethod
+    def from_artifact(cls, path: str | Path, stored: Mapping[str, Any], device: str | torch.device = "cpu",
+                      ) -> BasePolicy:
+        """Rebuild a policy from directory `path`, already checked by `read_artifact` (which gave `stored`,
+        its config), without hashing its files again."""
+        path = Path(path)
         config = config_from(cls.config_class, stored, path)
         normalizer = Normalizer.from_state_dict(load_tensors(path / "normalizer.safetensors"))
         policy = cls(config, normalizer)
-        policy.load_weights(path, check_config=False)
+        policy._load_tensors(path)
         return policy.to(device).eval()
 
     def load_weights(self, path: str | Path, check_config: bool = True) -> None:
@@ -195,6 +202,9 @@ class BasePolicy(nn.Module):
                     for k in sorted(set(stored) | set(ours)) if stored.get(k) != ours.get(k)]
             if diff:
                 raise ValueError(f"checkpoint {path} does not match this policy's config: " + "; ".join(diff))
+        self._load_tensors(path)
+
+    def _load_tensors(self, path: Path) -> None:
         state = load_tensors(path / "model.safetensors", self.device)
         state.update({f"normalizer.{k}": v for k, v in load_tensors(path / "normalizer.safetensors").items()})
         try:
