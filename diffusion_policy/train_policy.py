@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from diffusion_policy.config_utils import from_dict, to_dict
+from diffusion_policy.core.distributed import restart_count
 from diffusion_policy.core.trainer import Callback, Trainer, TrainerConfig, seed_everything
 from diffusion_policy.data.dataset import SequenceDataset
 from diffusion_policy.data.replay_buffer import ReplayBuffer
@@ -116,6 +117,8 @@ def train_policy(
 ) -> Path:
     """Train a policy and save its evaluation (EMA) weights to `<run_dir>/policy`; returns that path.
 
+    Under torchrun every rank calls this; rank 0 writes. A worker restarted by torchrun resumes itself.
+
     With `eval_cfg` (see `build_eval_callback`) the policy is also rolled out during training and
     the best one kept in `<run_dir>/best_policy`.
     """
@@ -137,9 +140,10 @@ def train_policy(
         callbacks=[*callbacks, *([eval_callback] if eval_callback is not None else [])],
         log_config=log_config,
     )
-    if resume:
+    if resume or restart_count() > 0:  # torchrun --max-restarts: go on from the last checkpoint
         trainer.resume()
     trainer.fit()
     out = Path(run_dir) / "policy"
-    trainer.eval_model.save(out)
+    if trainer.dist.is_main:
+        trainer.eval_model.save(out)
     return out

@@ -6,6 +6,10 @@ policy.horizon=32`); `--cfg job` prints the composed config, `--hydra-help` hydr
 The run directory holds the resolved config, checkpoints, metrics and the final `policy/` directory,
 and (with evaluation on, `configs/eval/`) `eval/` results and the best-scoring `best_policy/`;
 `resume=true run_dir=<dir>` continues an interrupted run exactly.
+
+Several processes (docs/distributed.md): `torchrun --nproc_per_node=N scripts/train.py task=...`;
+`training.batch_size` is then the global batch, split across the N processes (and
+`training.grad_accum` micro-batches each).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from diffusion_policy.core.distributed import is_main_process
 from diffusion_policy.eval.callback import BEST_POLICY_DIR
 from diffusion_policy.train_policy import train_policy
 
@@ -35,11 +40,15 @@ def print_help() -> None:
 @hydra.main(config_path="../configs", config_name="train", version_base=None)
 def main(cfg: DictConfig) -> None:
     run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    main_process = is_main_process()
+    if main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     plain = OmegaConf.to_container(cfg, resolve=True)
     policy_dir = train_policy(plain["task"], plain["policy"], plain["training"], run_dir, resume=cfg.resume,
                               eval_cfg=plain.get("eval"))
+    if not main_process:
+        return
     print(f"policy saved to {policy_dir}")
     if (run_dir / BEST_POLICY_DIR).is_dir():
         print(f"best evaluated policy in {run_dir / BEST_POLICY_DIR}")

@@ -58,3 +58,27 @@ def test_quantised_weights_reproduce_the_product():
 def test_unknown_case_lists_the_valid_ones():
     with pytest.raises(SystemExit, match=r"unknown case\(s\) \['warp'\].*weight_only_gemms"):
         benchmark.run(True, torch.device("cpu"), ["warp"])
+
+
+def test_lerobot_comparison_without_lerobot_says_how_to_install_it(tmp_path):
+    import subprocess
+    import sys
+    if importlib.util.find_spec("lerobot") is not None:
+        pytest.skip("lerobot is importable here: the script would run the comparison")
+    out = tmp_path / "lerobot.json"
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "benchmark_lerobot.py"), "--out", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "pip install lerobot" in done.stderr and "torch < 2.11" in done.stderr
+    assert not out.exists()
+
+
+def test_lerobot_comparison_json_has_both_sides_of_every_case():
+    import json
+    results = json.loads((ROOT / "benchmarks" / "lerobot_cpu.json").read_text())["results"]
+    chunk, train = results["ddim10_chunk_b1"], results["train_step_b64"]
+    assert chunk["ratio"] == pytest.approx(chunk["lerobot"]["p50_ms"] / chunk["ours"]["p50_ms"])
+    assert train["ratio_fp32"] == pytest.approx(train["lerobot"]["p50_ms"] / train["ours_fp32"]["p50_ms"])
+    assert train["ratio_bf16"] == pytest.approx(train["lerobot_amp_bf16"]["p50_ms"] / train["ours_bf16"]["p50_ms"])
+    # Same shapes: the two U-Nets are within 4% in size.
+    assert chunk["parameters"]["ours"] == pytest.approx(chunk["parameters"]["lerobot"], rel=0.04)

@@ -192,3 +192,31 @@ def test_available_memory_sees_an_address_space_limit() -> None:
             "resource.setrlimit(resource.RLIMIT_AS, (16 << 30, resource.RLIM_INFINITY)); print(available_memory())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert 0 < int(out) < 16 << 30
+
+
+def stacked(dataset: SequenceDataset, ids: list[int]) -> dict:
+    items = [dataset[i] for i in ids]
+    return {"obs": {k: torch.stack([it["obs"][k] for it in items]) for k in items[0]["obs"]},
+            "action": torch.stack([it["action"] for it in items])}
+
+
+def assert_same_batch(a: dict, b: dict) -> None:
+    assert a["obs"].keys() == b["obs"].keys()
+    for key in a["obs"]:
+        assert a["obs"][key].dtype == b["obs"][key].dtype and torch.equal(a["obs"][key], b["obs"][key]), key
+    assert torch.equal(a["action"], b["action"])
+
+
+def test_a_batch_gathered_at_once_equals_its_windows_stacked(tmp_path: Path, monkeypatch) -> None:
+    dataset = make_dataset(make_buffer())
+    ids = [0, len(dataset) - 1, 5, 5, -1, 17]  # both padded ends, a repeat, a negative index
+    batch = dataset.__getitems__(ids)
+    assert batch["obs"]["state"].shape == (6, 2, 2) and batch["obs"]["image"].shape == (6, 2, 4, 4, 3)
+    assert batch["obs"]["image"].dtype == torch.uint8 and batch["action"].shape == (6, 8, 2)
+    assert_same_batch(batch, stacked(dataset, ids))
+    with pytest.raises(IndexError, match=rf"\[{len(dataset)}\] out of range for {len(dataset)} windows"):
+        dataset.__getitems__([0, len(dataset)])
+    monkeypatch.setattr(dataset_module, "available_memory", lambda: 100_000)
+    lazy = make_dataset(camera_store(tmp_path / "cams.zarr"))  # cameras from disk: window by window
+    assert not lazy.in_memory
+    assert_same_batch(lazy.__getitems__([3, 80, 4]), stacked(lazy, [3, 80, 4]))

@@ -3,13 +3,16 @@
 It knows nothing about robots or images: it trains any `nn.Module` with a `compute_loss(batch)`
 method on any map-style dataset, with AdamW (fused), cosine learning rate with warm-up, gradient
 clipping, EMA, bf16 autocast (on GPU by default, on CPU on request), periodic validation, callbacks,
-atomic checkpoints and exact resume. With `max_minutes` it trains for a wall-clock budget instead of
+atomic checkpoints and exact resume. Launched by `torchrun` it trains with DistributedDataParallel
+(`core/distributed.py`): `batch_size` is the global batch, split across ranks and `grad_accum`
+micro-batches; rank 0 alone writes checkpoints, metrics and evaluations. With `max_minutes` it trains for a wall-clock budget instead of
 a step count: the step rate measured over the first steps fixes the number of steps (and with it the
 learning-rate schedule), so networks of different speeds can be compared at equal training time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import shutil
@@ -23,7 +26,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm.auto import tqdm
 
 from diffusion_policy.core.checkpoint import (
@@ -38,9 +42,17 @@ from diffusion_policy.core.checkpoint import (
 )
 from diffusion_policy.core.cpu_features import native_bf16
 from diffusion_policy.core.cpu_malloc import keep_freed_memory
+from diffusion_policy.core.distributed import (
+    BACKENDS,
+    broadcast_from_main,
+    gather_to_main,
+    init_distributed,
+    rank_device,
+    shutdown,
+)
 from diffusion_policy.core.ema import EMA, EMAConfig
 from diffusion_policy.core.fused_adamw import FusedAdamW
-from diffusion_policy.core.resumable_sampler import ResumableRandomSampler
+from diffusion_policy.core.resumable_sampler import ResumableBatchSampler
 from diffusion_policy.core.run_logger import RunLogger, WandbConfig
 
 MIXED_PRECISION = ("auto", "no", "bf16")
@@ -65,7 +77,8 @@ class TrainerConfig:
     max_steps: int = 10_000
     max_minutes: float | None = None
     calibration_steps: int = 20
-    batch_size: int = 256
+    batch_size: int = 256  # the global batch: split across ranks and accumulation steps
+    grad_accum: int = 1  # micro-batches accumulated per optimisation step (per rank)
     lr: float = 1e-4
     betas: tuple[float, float] = (0.95, 0.999)
     weight_decay: float = 1e-6
@@ -86,9 +99,12 @@ class TrainerConfig:
     seed: int = 42
     progress: bool = True
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    distributed_backend: str = "auto"  # under torchrun: nccl on CUDA, gloo on CPU
+    distributed_timeout_s: float = 300.0  # a collective waiting longer ends the job (a rank died)
+    allow_world_size_change: bool = False  # resume a checkpoint written by another number of processes
 
     def __post_init__(self) -> None:
-        for name in ("max_steps", "batch_size", "val_every", "log_every", "checkpoint_every", "keep_checkpoints"):
+        for name in ("max_steps", "batch_size", "grad_accum", "val_every", "log_every", "checkpoint_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
         if self.max_minutes is not None and self.max_minutes <= 0:
@@ -99,6 +115,10 @@ class TrainerConfig:
             raise ValueError(f"lr={self.lr} must be > 0")
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps={self.warmup_steps} must be >= 0")
+        if self.distributed_backend not in BACKENDS:
+            raise ValueError(f"distributed_backend={self.distributed_backend!r} is not one of {BACKENDS}")
+        if self.distributed_timeout_s <= 0:
+            raise ValueError(f"distributed_timeout_s={self.distributed_timeout_s} must be > 0")
         if self.mixed_precision not in MIXED_PRECISION:
             raise ValueError(f"mixed_precision={self.mixed_precision!r} is not one of {MIXED_PRECISION}")
         self.betas = tuple(self.betas)
@@ -136,6 +156,11 @@ def cosine_with_warmup(warmup_steps: int, total_steps: int):
     return factor
 
 
+def rank_seed(seed: int, rank: int) -> int:
+    """The RNG seed of `rank`: `seed` itself on rank 0 (a single process), distinct on every other rank."""
+    return seed + 1_000_003 * rank
+
+
 def resolve_device(device: str) -> torch.device:
     """`auto` picks CUDA when available, else CPU."""
     if device == "auto":
@@ -160,6 +185,11 @@ class Trainer:
     `max_steps` is `config.max_steps`, or with `config.max_minutes` the number of steps that fit the
     budget (at most `config.max_steps`), fixed after `config.calibration_steps` steps.
 
+    Under torchrun every rank runs this class alike; the model is wrapped in DistributedDataParallel
+    and each rank draws its share of the global batch (`ResumableBatchSampler`). The weights, the
+    optimizer and the EMA stay equal across ranks; each rank's RNG is seeded from `(seed, rank)` and
+    saved in the checkpoint. Only rank 0 writes files, logs, validates and runs the callbacks.
+
     Run directory layout: `metrics.jsonl`, `checkpoints/step_XXXXXXXX/` (`model.safetensors`,
     `ema.safetensors`, `train_state.pt`, and `policy/` when the model is `Exportable`),
     `checkpoints/latest` naming the newest complete checkpoint.
@@ -179,7 +209,11 @@ class Trainer:
             raise TypeError(f"{type(model).__name__} has no compute_loss(batch) method")
         self.config = config
         self.run_dir = Path(run_dir)
-        self.device = resolve_device(config.device)
+        device = resolve_device(config.device)
+        self.dist = init_distributed(device, config.distributed_backend, config.distributed_timeout_s)
+        self.device = rank_device(device, self.dist)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
         if config.mixed_precision == "bf16" and self.device.type == "cpu" and not native_bf16():
             warnings.warn("mixed_precision='bf16' on a CPU without native bf16 (no AVX512-BF16 / AMX): every "
                           "bf16 operation is emulated, which was measured 37x slower than float32 "
@@ -187,13 +221,14 @@ class Trainer:
         if config.keep_freed_memory and self.device.type == "cpu":
             keep_freed_memory()
         self.model = model.to(self.device)
-        self.callbacks = list(callbacks)
+        self.callbacks = list(callbacks) if self.dist.is_main else []
         self.step = 0
         self.epoch = 0
         self.batch_in_epoch = 0
         self.last_metrics: dict[str, float] = {}
         self.max_steps = config.max_steps
         self._fit_started: float | None = None
+        self._saved_step: int | None = None
         self.ema = EMA(self.model, config.ema) if config.use_ema else None
         # Fused AdamW: one kernel over all parameters instead of ~10 passes of foreach ops, gradient
         # clipping folded into it (CPU and CUDA).
@@ -211,13 +246,22 @@ class Trainer:
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: cosine_with_warmup(config.warmup_steps, self.max_steps)(step)
         )
-        self.sampler = ResumableRandomSampler(len(train_dataset), seed=config.seed)
-        self.loader_generator = torch.Generator()
+        # After the optimizer (which holds the plain parameters): DDP broadcasts rank 0's weights.
+        self.loss_module: nn.Module = _LossOf(self.model)
+        if self.dist.enabled:
+            # Kernel-size-1 convolution weights get gradients whose size-1 dimension has another stride
+            # than the parameter's: the same memory layout, which DDP flags without need.
+            warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+            self.loss_module = DistributedDataParallel(
+                self.loss_module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.sampler = ResumableBatchSampler(len(train_dataset), config.batch_size, config.seed, self.dist.rank,
+                                             self.dist.world_size, config.grad_accum)
         self.loader = self._loader(train_dataset, self.sampler)
-        self.batches_per_epoch = len(self.loader)
-        self.val_loader = None if val_dataset is None or len(val_dataset) == 0 else self._loader(val_dataset)
-        self.logger = RunLogger(self.run_dir, config.wandb, log_config)
-        seed_everything(config.seed)
+        self.batches_per_epoch = self.sampler.batches_per_epoch
+        has_val = self.dist.is_main and val_dataset is not None and len(val_dataset) > 0
+        self.val_loader = self._loader(val_dataset) if has_val else None
+        self.logger = RunLogger(self.run_dir, config.wandb, log_config) if self.dist.is_main else None
+        seed_everything(rank_seed(config.seed, self.dist.rank))
 
     @property
     def eval_model(self) -> nn.Module:
@@ -228,40 +272,57 @@ class Trainer:
     def checkpoint_dir(self) -> Path:
         return self.run_dir / "checkpoints"
 
-    def _loader(self, dataset: Dataset, sampler: ResumableRandomSampler | None = None) -> DataLoader:
-        n, bs = len(dataset), self.config.batch_size
-        return DataLoader(
-            dataset,
-            batch_size=bs,
-            sampler=sampler,
-            shuffle=False,
-            drop_last=sampler is not None and n >= bs,
-            num_workers=self.config.num_workers,
-            pin_memory=self.device.type == "cuda",
-            generator=self.loader_generator,
-        )
+    def _loader(self, dataset: Dataset, batches: ResumableBatchSampler | None = None) -> DataLoader:
+        """Training batches from `batches` (persistent workers), or validation batches in order.
+
+        A dataset with `__getitems__` gathers each batch in one read per key. Worker seeds are fixed by
+        `(seed, rank)` for the run; the datasets of this package draw no random numbers (augmentation
+        runs in the model, on the training RNG), so resume stays exact with workers.
+        """
+        workers = self.config.num_workers
+        options: dict[str, Any] = dict(num_workers=workers, collate_fn=collate_batch,
+                                       pin_memory=self.device.type == "cuda",
+                                       generator=torch.Generator().manual_seed(rank_seed(self.config.seed,
+                                                                                         self.dist.rank)))
+        if batches is None:
+            size = self.config.batch_size // self.config.grad_accum
+            return DataLoader(dataset, batch_size=size, shuffle=False, **options)
+        return DataLoader(dataset, batch_sampler=batches, persistent_workers=workers > 0, **options)
 
     def _autocast(self) -> torch.autocast:
         mode = self.config.mixed_precision
         enabled = mode == "bf16" or (mode == "auto" and self.device.type == "cuda")
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
 
-    def train_step(self, batch: Any) -> float:
-        """One optimisation step on `batch`; returns the loss."""
+    def train_step(self, *micro_batches: Any) -> float:
+        """One optimisation step on this rank's `micro_batches` (`grad_accum` of them); returns their mean loss.
+
+        Each micro-batch's loss is scaled by `1 / grad_accum` and DDP averages the gradients over ranks,
+        so the step follows the mean loss of the whole global batch.
+        """
+        if len(micro_batches) != self.config.grad_accum:
+            raise ValueError(f"train_step got {len(micro_batches)} micro-batches, grad_accum={self.config.grad_accum}")
         self.model.train()
-        with self._autocast():
-            loss = self.model.compute_loss(move_to(batch, self.device))
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"training loss is {loss.item()} at step {self.step}")
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        total = 0.0
+        for i, batch in enumerate(micro_batches):
+            last = i == len(micro_batches) - 1
+            sync = self.loss_module.no_sync() if self.dist.enabled and not last else contextlib.nullcontext()
+            with sync:
+                with self._autocast():
+                    loss = self.loss_module(move_to(batch, self.device))
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"training loss is {loss.item()} at step {self.step} "
+                                             f"(rank {self.dist.rank}, micro-batch {i})")
+                (loss / len(micro_batches)).backward()
+            total += loss.item()
         if self.config.grad_clip_norm is not None and not self.fused_optimizer:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip_norm)
         self.optimizer.step()
         self.lr_scheduler.step()
         if self.ema is not None:
             self.ema.update(self.model)
-        return loss.item()
+        return total / len(micro_batches)
 
     @torch.no_grad()
     def validation_loss(self) -> float | None:
@@ -284,21 +345,26 @@ class Trainer:
         return float(np.mean(losses))
 
     def fit(self) -> dict[str, float]:
-        """Train until `max_steps`; returns the last logged metrics."""
+        """Train until `max_steps`; returns the last logged metrics. A distributed run leaves its process
+        group at the end (after the final checkpoint)."""
         cfg = self.config
         for callback in self.callbacks:
             callback.on_train_start(self)
-        bar = tqdm(total=self.max_steps, initial=self.step, disable=not cfg.progress, desc="train", unit="step")
+        bar = tqdm(total=self.max_steps, initial=self.step, disable=not (cfg.progress and self.dist.is_main),
+                   desc="train", unit="step")
         self._fit_started = time.perf_counter() if self.step == 0 else None
         try:
             while self.step < self.max_steps:
                 if self.batch_in_epoch >= self.batches_per_epoch:
                     self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-                self.sampler.set_epoch(self.epoch, self.batch_in_epoch * cfg.batch_size)
-                # Worker seeds come from this generator: tie them to the epoch, not to the global RNG.
-                self.loader_generator.manual_seed(cfg.seed * 1_000_003 + self.epoch)
+                self.sampler.set_epoch(self.epoch, self.batch_in_epoch)
+                micro_batches = []
                 for batch in self.loader:
-                    loss = self.train_step(batch)
+                    micro_batches.append(batch)
+                    if len(micro_batches) < cfg.grad_accum:
+                        continue
+                    loss = self.train_step(*micro_batches)
+                    micro_batches = []
                     self.step += 1
                     self.batch_in_epoch += 1
                     self._after_step(loss, bar)
@@ -307,13 +373,15 @@ class Trainer:
                 else:
                     self.epoch += 1
                     self.batch_in_epoch = 0
-            if not (self.checkpoint_dir / f"step_{self.step:08d}").exists():
+            if self._saved_step != self.step:
                 self.save_checkpoint()
+            shutdown(self.dist)  # the last collective is behind us; rank 0 may still save and evaluate
             for callback in self.callbacks:
                 callback.on_train_end(self)
         finally:
             bar.close()
-            self.logger.close()
+            if self.logger is not None:
+                self.logger.close()
         return self.last_metrics
 
     def _fit_budget(self, bar: tqdm) -> None:
@@ -326,7 +394,8 @@ class Trainer:
             return
         elapsed = time.perf_counter() - self._fit_started
         remaining = cfg.max_minutes * 60.0 - elapsed
-        self.max_steps = min(cfg.max_steps, self.step + max(0, int(remaining * cfg.calibration_steps / elapsed)))
+        steps = min(cfg.max_steps, self.step + max(0, int(remaining * cfg.calibration_steps / elapsed)))
+        self.max_steps = broadcast_from_main(steps, self.dist)  # every rank stops at rank 0's count
         bar.total = self.max_steps
         bar.refresh()
 
@@ -336,13 +405,13 @@ class Trainer:
         metrics: dict[str, float] = {}
         if self.step % cfg.log_every == 0 or self.step == self.max_steps:
             metrics.update(loss=loss, lr=self.lr_scheduler.get_last_lr()[0], epoch=self.epoch)
-        if self.step % cfg.val_every == 0 or self.step == self.max_steps:
+        if self.dist.is_main and (self.step % cfg.val_every == 0 or self.step == self.max_steps):
             val = self.validation_loss()
             if val is not None:
                 metrics["val_loss"] = val
         for callback in self.callbacks:
             metrics.update(callback.on_step_end(self) or {})
-        if metrics:
+        if metrics and self.logger is not None:
             self.logger.log(metrics, self.step)
             self.last_metrics.update(metrics)
             bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items() if k in ("loss", "val_loss")})
@@ -350,8 +419,7 @@ class Trainer:
             self.save_checkpoint()
         bar.update(1)
 
-    def _training_state(self) -> dict[str, Any]:
-        np_state = np.random.get_state()
+    def _training_state(self, rng: list[dict[str, Any]]) -> dict[str, Any]:
         return {
             "step": self.step,
             "max_steps": self.max_steps,
@@ -359,20 +427,26 @@ class Trainer:
             "batch_in_epoch": self.batch_in_epoch,
             "optimizer": self.optimizer.state_dict(),
             "lr_scheduler": self.lr_scheduler.state_dict(),
-            "rng_torch": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "rng_numpy": (np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]),
-            "rng_python": random.getstate(),
+            "world_size": self.dist.world_size,
+            "grad_accum": self.config.grad_accum,
+            "rng": rng,  # one entry per rank
         }
 
     def save_checkpoint(self) -> Path:
-        """Write the complete training state to `checkpoints/step_XXXXXXXX/` atomically, with a manifest."""
+        """Write the complete training state to `checkpoints/step_XXXXXXXX/` atomically, with a manifest.
+
+        Every rank calls it (their RNG states are gathered); rank 0 alone writes.
+        """
         target = self.checkpoint_dir / f"step_{self.step:08d}"
+        rng = gather_to_main(_rng_state(), self.dist)
+        self._saved_step = self.step
+        if not self.dist.is_main:
+            return target
         with atomic_directory(target, manifest=True) as tmp:
             save_tensors(self.model.state_dict(), tmp / "model.safetensors")
             if self.ema is not None:
                 save_tensors(self.ema.state_dict(), tmp / "ema.safetensors")
-            save_torch(self._training_state(), tmp / "train_state.pt")
+            save_torch(self._training_state(rng), tmp / "train_state.pt")
             if isinstance(self.eval_model, Exportable):
                 self.eval_model.save(tmp / "policy")
         save_text(target.name + "\n", self.checkpoint_dir / "latest")
@@ -428,11 +502,57 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self._saved_step = self.step
         if self.config.max_minutes is not None:
             self.max_steps = state.get("max_steps", self.max_steps)
-        torch.set_rng_state(state["rng_torch"])
-        if state["rng_cuda"]:
-            torch.cuda.set_rng_state_all(state["rng_cuda"])
-        name, keys, *rest = state["rng_numpy"]
-        np.random.set_state((name, keys.numpy(), *rest))
-        random.setstate(state["rng_python"])
+        rng = state.get("rng", [state])  # a checkpoint from before distributed training: one process
+        saved = (len(rng), state.get("grad_accum", 1))
+        if saved != (self.dist.world_size, self.config.grad_accum):
+            change = (f"{path} was written by {saved[0]} process(es) with grad_accum={saved[1]}; this run has "
+                      f"{self.dist.world_size} with grad_accum={self.config.grad_accum}")
+            if not self.config.allow_world_size_change:
+                raise ValueError(f"{change}. Resume with the same numbers, or set training.allow_world_size_change"
+                                 f"=true to continue anyway")
+            warnings.warn(f"{change}: the global batches stay the same, but each rank's random stream (noise, "
+                          f"timesteps) starts afresh from (seed, rank, step), so the run is no longer "
+                          f"bit-identical to an uninterrupted one", stacklevel=3)
+            seed_everything(rank_seed(self.config.seed, self.dist.rank) + self.step)
+        else:
+            _set_rng_state(rng[self.dist.rank])
+
+
+def collate_batch(items: Any) -> Any:
+    """The loaders' `collate_fn`: a batch a dataset gathered itself (`__getitems__` returning a dict)
+    passes through; a list of items is stacked by PyTorch's default collate."""
+    return items if isinstance(items, Mapping) else default_collate(items)
+
+
+class _LossOf(nn.Module):
+    """`model.compute_loss` as a forward pass, so DistributedDataParallel sees it (it hooks `forward`)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: Any) -> torch.Tensor:
+        return self.model.compute_loss(batch)
+
+
+def _rng_state() -> dict[str, Any]:
+    """This process's torch, CUDA, numpy and Python RNG states (numpy's key array as a tensor)."""
+    np_state = np.random.get_state()
+    return {
+        "rng_torch": torch.get_rng_state(),
+        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "rng_numpy": (np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]),
+        "rng_python": random.getstate(),
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["rng_torch"])
+    if state["rng_cuda"]:
+        torch.cuda.set_rng_state_all(state["rng_cuda"])
+    name, keys, *rest = state["rng_numpy"]
+    np.random.set_state((name, keys.numpy(), *rest))
+    random.setstate(state["rng_python"])

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from diffusion_policy.data.chunk_cache import ChunkCachedArray, available_memory
 from diffusion_policy.data.images import check_image_array, is_image_shape
@@ -129,6 +129,23 @@ class SequenceDataset(Dataset):
         obs = {key: torch.from_numpy(x if key in self.image_keys else x.astype(np.float32, copy=False))
                for key, x in window.items()}
         return {"obs": obs, "action": action}
+
+    def __getitems__(self, ids: Sequence[int]) -> dict:
+        """A whole batch ``{"obs": {key: (B, To, ...)}, "action": (B, T, Da)}`` for windows ``ids``.
+
+        In-memory arrays are gathered with one indexed read per key; on-disk cameras go window by window
+        through their chunk cache. Equal to stacking ``self[i]`` for ``i in ids``. The DataLoader calls
+        this for a batch; its ``collate_fn`` must pass the dict through (the trainer's does).
+        """
+        if not self.in_memory:
+            return default_collate([self[i] for i in ids])
+        steps = self.sampler.batch_indices(ids)
+        out = {}
+        for key, array in self._arrays.items():
+            x = array[steps[:, : self._first_k.get(key, steps.shape[1])]]
+            out[key] = torch.from_numpy(x if key in self.image_keys else x.astype(np.float32, copy=False))
+        action = out.pop(ACTION_KEY)
+        return {"obs": out, "action": action}
 
     def get_validation_dataset(self) -> SequenceDataset:
         """The same windows over the validation episodes (empty when ``val_ratio == 0``); shares the arrays."""

@@ -117,6 +117,17 @@ class SequenceSampler:
         np.maximum(idx, self._episode_first[i], out=idx)  # in place: np.clip costs several times more here
         return np.minimum(idx, self._episode_last[i], out=idx)
 
+    def batch_indices(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
+        """``(len(ids), horizon)`` int64 global step indices of windows ``ids``, each clipped to its episode."""
+        ids = np.asarray(ids, dtype=np.int64)
+        n = len(self)
+        if ids.ndim != 1 or (len(ids) and (ids.min() < -n or ids.max() >= n)):
+            bad = ids.reshape(-1)[(ids.reshape(-1) < -n) | (ids.reshape(-1) >= n)]
+            raise IndexError(f"window indices {bad[:5].tolist()} out of range for {n} windows (need a 1-D list)")
+        idx = self._window_start[ids, None] + self._arange
+        np.maximum(idx, self._episode_first[ids, None], out=idx)
+        return np.minimum(idx, self._episode_last[ids, None], out=idx)
+
     def sample(
         self, arrays: Mapping[str, ArrayLike], i: int, first_k: Mapping[str, int] | None = None
     ) -> dict[str, np.ndarray]:

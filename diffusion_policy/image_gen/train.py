@@ -14,6 +14,7 @@ from typing import Any
 
 from diffusion_policy.config_utils import from_dict, to_dict
 from diffusion_policy.core.checkpoint import save_json
+from diffusion_policy.core.distributed import restart_count
 from diffusion_policy.core.trainer import Trainer, TrainerConfig
 from diffusion_policy.image_gen.data import load_image_dataset
 from diffusion_policy.image_gen.model import ImageDiffusionModel, ImageModelConfig
@@ -62,12 +63,14 @@ def train_image_model(
     model = ImageDiffusionModel(config)
     log_config = {"data": to_dict(data), "model": to_dict(config), "training": to_dict(trainer_config)}
     trainer = Trainer(model, train, trainer_config, run_dir, val_dataset=val, log_config=log_config)
-    if resume:
+    if resume or restart_count() > 0:  # torchrun --max-restarts: go on from the last checkpoint
         trainer.resume()
     start_step, start = trainer.step, time.perf_counter()
     metrics = trainer.fit()
     minutes = (time.perf_counter() - start) / 60.0
     out = Path(run_dir) / MODEL_DIR
+    if not trainer.dist.is_main:
+        return out
     trainer.eval_model.save(out)
     save_json({
         "network": config.network,
