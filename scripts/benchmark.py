@@ -178,28 +178,34 @@ def chunk_case(down_dims: tuple[int, ...], obs_dim: int, device: torch.device, r
     return result
 
 
+def training_step(policy: nn.Module, batch: dict, device: torch.device, fused: bool, bf16: bool) -> Callable[[], None]:
+    """One optimisation step of `policy` on `batch` (the paper's AdamW, clipping at 10): plain foreach
+    AdamW + `clip_grad_norm_`, or `FusedAdamW` with the clipping folded in; bf16 autocast or not."""
+    adamw = {"lr": 1e-4, "betas": (0.95, 0.999), "weight_decay": 1e-6}
+    policy.train()
+    if fused:
+        optimizer = FusedAdamW(policy.parameters(), max_grad_norm=10.0, **adamw)
+    else:
+        optimizer = torch.optim.AdamW(policy.parameters(), foreach=True, **adamw)
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = policy.compute_loss(batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if not fused:
+            nn.utils.clip_grad_norm_(policy.parameters(), 10.0)
+        optimizer.step()
+    return step
+
+
 def train_case(batch_size: int, device: torch.device, reps: int, sync) -> dict:
     """One optimisation step: plain fp32 + foreach AdamW vs the trainer's bf16 + FusedAdamW recipe."""
     dataset = synthetic_dataset(STATE_OBS_DIM)
     batch = batch_of(dataset, batch_size, device)
-    adamw = {"lr": 1e-4, "betas": (0.95, 0.999), "weight_decay": 1e-6}
 
     def stepper(policy: nn.Module, fused: bool, bf16: bool) -> Callable[[], None]:
-        policy.train()
-        if fused:
-            optimizer = FusedAdamW(policy.parameters(), max_grad_norm=10.0, **adamw)
-        else:
-            optimizer = torch.optim.AdamW(policy.parameters(), foreach=True, **adamw)
-
-        def step() -> None:
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                loss = policy.compute_loss(batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if not fused:
-                nn.utils.clip_grad_norm_(policy.parameters(), 10.0)
-            optimizer.step()
-        return step
+        return training_step(policy, batch, device, fused, bf16)
 
     fast = make_policy(dataset, (256, 512, 1024), device)
     fp32 = copy.deepcopy(fast)

@@ -76,8 +76,9 @@ class PerItem(Dataset):
 
 def loader_rate(dataset: Dataset, workers: int, batches: int, batch_size: int = 256) -> float:
     """Windows/s over `batches` shuffled batches (after the first, which starts the workers)."""
-    sampler = torch.utils.data.BatchSampler(torch.utils.data.RandomSampler(
-        dataset, generator=torch.Generator().manual_seed(0)), batch_size, drop_last=True)
+    shuffled = torch.utils.data.RandomSampler(dataset, num_samples=(batches + 1) * batch_size,
+                                              generator=torch.Generator().manual_seed(0))
+    sampler = torch.utils.data.BatchSampler(shuffled, batch_size, drop_last=True)
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate_batch,
                         persistent_workers=workers > 0)
     iterator = iter(loader)
@@ -156,7 +157,7 @@ def main() -> None:
     parser.add_argument("--nproc", type=int, default=2, help="the process count compared with 1")
     parser.add_argument("--steps", type=int, default=10, help="timed training steps")
     parser.add_argument("--warmup", type=int, default=3, help="training steps before the timed ones")
-    parser.add_argument("--loader-batches", type=int, default=20)
+    parser.add_argument("--loader-batches", type=int, default=200)
     parser.add_argument("--cases", nargs="+", default=["loader", "training"], choices=["loader", "training"])
     parser.add_argument("--train-worker", choices=sorted(NETWORKS), help=argparse.SUPPRESS)
     parser.add_argument("--worker-out", type=Path, help=argparse.SUPPRESS)

@@ -44,11 +44,19 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark import (  # noqa: E402  (the sibling script's harness)
-    ACTION_DIM, HORIZON, N_OBS_STEPS, batch_of, machine_info, make_policy, side_by_side, synthetic_dataset,
-    with_plain_convolutions)
+    ACTION_DIM,
+    HORIZON,
+    N_OBS_STEPS,
+    batch_of,
+    machine_info,
+    make_policy,
+    side_by_side,
+    synthetic_dataset,
+    training_step,
+    with_plain_convolutions,
+)
 
 from diffusion_policy.core.cpu_malloc import keep_freed_memory  # noqa: E402
-from diffusion_policy.core.fused_adamw import FusedAdamW  # noqa: E402
 
 STATE_DIM, ENV_STATE_DIM = 2, 16
 DOWN_DIMS = (256, 512, 1024)
@@ -114,7 +122,6 @@ def train_case(batch_size: int, reps: int) -> dict:
     fast = make_policy(dataset, DOWN_DIMS, torch.device("cpu")).train()
     fp32 = copy.deepcopy(fast)
     eager = with_plain_convolutions(fast)
-    adamw = {"lr": 1e-4, "betas": (0.95, 0.999), "weight_decay": 1e-6}
 
     def lerobot_step(policy: nn.Module, amp: bool) -> Callable[[], None]:
         preset = policy.config.get_optimizer_preset()
@@ -130,18 +137,7 @@ def train_case(batch_size: int, reps: int) -> dict:
         return step
 
     def our_step(policy: nn.Module, fused: bool, bf16: bool) -> Callable[[], None]:
-        optimizer = (FusedAdamW(policy.parameters(), max_grad_norm=10.0, **adamw) if fused
-                     else torch.optim.AdamW(policy.parameters(), foreach=True, **adamw))
-
-        def step() -> None:
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                loss = policy.compute_loss(our_batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if not fused:
-                nn.utils.clip_grad_norm_(policy.parameters(), 10.0)
-            optimizer.step()
-        return step
+        return training_step(policy, our_batch, torch.device("cpu"), fused, bf16)
 
     paths = {"lerobot": lerobot_step(theirs, False), "lerobot_amp_bf16": lerobot_step(theirs_amp, True),
              "ours_eager": our_step(eager, False, False), "ours_fp32": our_step(fp32, True, False),

@@ -163,3 +163,31 @@ def test_resume_with_another_world_size_needs_the_flag(uninterrupted, tmp_path):
     assert allowed.step == 15
     allowed.fit()
     assert allowed.step == 20
+
+
+def torchrun_script(script: str, *overrides: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               str(ROOT / "scripts" / script), *overrides]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_train_scripts_run_under_torchrun(demos, tmp_path):
+    policy_run = tmp_path / "policy"
+    done = torchrun_script(
+        "train.py", "task=obstacle_avoid", "policy=diffusion_unet_small", "training=demo",
+        "policy.network.down_dims=[8,16]", "policy.network.step_embed_dim=8", "training.max_steps=4",
+        "training.batch_size=16", "training.progress=false", "eval.enabled=false", f"task.dataset.path={demos}",
+        f"run_dir={policy_run}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("policy saved to") == 1  # rank 0 only
+    assert (policy_run / "policy" / "config.json").is_file()
+    assert len((policy_run / "metrics.jsonl").read_text().splitlines()) >= 1
+
+    from test_image_scripts import TINY
+    image_run = tmp_path / "image"
+    done = torchrun_script("train_image.py", *TINY, f"run_dir={image_run}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((image_run / "train_summary.json").read_text())
+    assert summary["steps"] == 4 and summary["processes"] == 2
+    assert (image_run / "samples.png").is_file()

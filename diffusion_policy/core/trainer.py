@@ -5,9 +5,10 @@ method on any map-style dataset, with AdamW (fused), cosine learning rate with w
 clipping, EMA, bf16 autocast (on GPU by default, on CPU on request), periodic validation, callbacks,
 atomic checkpoints and exact resume. Launched by `torchrun` it trains with DistributedDataParallel
 (`core/distributed.py`): `batch_size` is the global batch, split across ranks and `grad_accum`
-micro-batches; rank 0 alone writes checkpoints, metrics and evaluations. With `max_minutes` it trains for a wall-clock budget instead of
-a step count: the step rate measured over the first steps fixes the number of steps (and with it the
-learning-rate schedule), so networks of different speeds can be compared at equal training time.
+micro-batches; rank 0 alone writes checkpoints, metrics and evaluations. With `max_minutes` it
+trains for a wall-clock budget instead of a step count: the step rate measured over the first steps
+fixes the number of steps (and with it the learning-rate schedule), so networks of different speeds
+can be compared at equal training time.
 """
 
 from __future__ import annotations
@@ -104,7 +105,8 @@ class TrainerConfig:
     allow_world_size_change: bool = False  # resume a checkpoint written by another number of processes
 
     def __post_init__(self) -> None:
-        for name in ("max_steps", "batch_size", "grad_accum", "val_every", "log_every", "checkpoint_every", "keep_checkpoints"):
+        for name in ("max_steps", "batch_size", "grad_accum", "val_every", "log_every", "checkpoint_every",
+                     "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
         if self.max_minutes is not None and self.max_minutes <= 0:

@@ -79,6 +79,7 @@ def train_image_model(
         "steps_this_session": trainer.step - start_step,
         "minutes_this_session": minutes,
         "batch_size": trainer_config.batch_size,
+        "processes": trainer.dist.world_size,
         "device": str(trainer.device),
         "final_metrics": metrics,
     }, Path(run_dir) / SUMMARY_FILE)
