@@ -41,12 +41,19 @@ $(STAMP): pyproject.toml
 
 # The main job, on embedded defaults (nothing downloaded): 200 scripted-expert Push-T demos ->
 # train a low-dim diffusion policy on the CPU -> evaluate 50 closed-loop episodes (metrics + videos).
+# Each stage's start time goes to $(RUN)/pusht/stages.txt; scripts/demo_summary.py collects the
+# figures README quotes into $(RUN)/pusht/summary.json.
 demo: $(STAMP)
+	rm -rf $(RUN)/pusht && mkdir -p $(RUN)/pusht && echo "demos $$(date +%s.%N)" > $(RUN)/pusht/stages.txt
 	$(PY) scripts/generate_demos.py --env diffusion_policy/PushT-v0 --episodes 200 \
 		--out data/pusht.zarr --workers 2 --overwrite
+	echo "train $$(date +%s.%N)" >> $(RUN)/pusht/stages.txt
 	$(PY) scripts/train.py task=pusht policy=diffusion_unet_small training=pusht_demo eval.enabled=false \
 		run_dir=$(RUN)/pusht
+	echo "eval $$(date +%s.%N)" >> $(RUN)/pusht/stages.txt
 	$(PY) scripts/eval.py --policy $(RUN)/pusht/policy --episodes 50 --envs 8 --videos 3 --out $(RUN)/pusht/eval
+	echo "end $$(date +%s.%N)" >> $(RUN)/pusht/stages.txt
+	$(PY) scripts/demo_summary.py --run $(RUN)/pusht --demos data/pusht.zarr
 
 # The synthetic two-mode task: diffusion policy vs an MSE regressor, checked and plotted.
 demo-multimodal: $(STAMP)

@@ -12,9 +12,11 @@ Example:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import importlib
 import json
+import time
 from collections.abc import Callable
 
 from diffusion_policy.data.recorder import RecordingSummary, record_episodes
@@ -73,6 +75,7 @@ def main(argv: list[str] | None = None) -> RecordingSummary:
     args = parse_args(argv)
     factory = policy_factory(args.env, args.policy)
     buffer = ReplayBuffer.create(args.out, overwrite=args.overwrite)
+    start = time.perf_counter()
     summary = record_episodes(
         args.env,
         factory,
@@ -83,6 +86,9 @@ def main(argv: list[str] | None = None) -> RecordingSummary:
         n_workers=args.workers,
         env_kwargs=args.env_kwargs,
     )
+    # Kept with the data: the expert's success over every episode run (failures are not saved).
+    buffer.update_attrs({"recording": {**dataclasses.asdict(summary), "env_id": args.env, "seed": args.seed,
+                                       "seconds": time.perf_counter() - start}})
     print(format_summary(summary, args.out))
     return summary
 
