@@ -22,15 +22,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 import yaml
 from safetensors import safe_open
 
+from diffusion_policy.data.replay_buffer import ReplayBuffer
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark import machine_info  # noqa: E402
-
-import torch  # noqa: E402
-
-from diffusion_policy.data.replay_buffer import ReplayBuffer  # noqa: E402
+from benchmark import machine_info  # noqa: E402  (the sibling script's machine record)
 
 
 def stage_times(run: Path) -> dict[str, float]:

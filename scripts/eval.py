@@ -13,6 +13,7 @@ Results go to --out (default `<run>/eval/<policy>_<timestamp>/`): `metrics.json`
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -52,6 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", help="torch device for the policy (auto: CUDA if available)")
     parser.add_argument("--inference", choices=INFERENCE_MODES, default="auto",
                         help="diffusion sampling path: auto (fast on CPU), eager (float32 as trained) or fast (bf16)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="diffusion sampling steps (default: the policy's num_inference_steps)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser.parse_args(argv)
 
@@ -84,6 +87,10 @@ def main(argv: list[str] | None = None) -> EvalResult:
     policy = load_policy(policy_dir, resolve_device(args.device))
     if isinstance(policy, DiffusionPolicy):
         policy.inference = args.inference
+        if args.steps is not None:  # checked against the policy's sampler and schedule
+            policy.config = dataclasses.replace(policy.config, num_inference_steps=args.steps)
+    elif args.steps is not None:
+        raise ValueError(f"--steps {args.steps}: {policy_dir} is a {policy.kind!r} policy, which takes no steps")
     result = evaluate_policy(policy, config, out_dir=out, progress=not args.no_progress)
     print(f"policy        {policy_dir}")
     print(format_table(result))

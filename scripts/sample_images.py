@@ -22,9 +22,12 @@ from pathlib import Path
 
 import torch
 
+from diffusion_policy.core.flow import FLOW_SAMPLERS
 from diffusion_policy.core.schedulers import SCHEDULER_NAMES
+from diffusion_policy.core.targets import samplers_for
 from diffusion_policy.core.trainer import resolve_device
 from diffusion_policy.image_gen.evaluate import (
+    FLOW_SAMPLER_SETTINGS,
     SAMPLER_SETTINGS,
     format_quality_table,
     local_classifier,
@@ -40,8 +43,9 @@ from diffusion_policy.image_gen.train import MODEL_DIR
 
 def _setting(text: str) -> tuple[str, int]:
     sampler, _, steps = text.partition(":")
-    if sampler not in SCHEDULER_NAMES or not steps.isdigit() or int(steps) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not SAMPLER:STEPS with SAMPLER in {SCHEDULER_NAMES}")
+    if sampler not in SCHEDULER_NAMES + FLOW_SAMPLERS or not steps.isdigit() or int(steps) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not SAMPLER:STEPS with SAMPLER in "
+                                         f"{SCHEDULER_NAMES + FLOW_SAMPLERS}")
     return sampler, int(steps)
 
 
@@ -50,14 +54,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, type=Path, help="model directory or training run directory")
     parser.add_argument("--out", type=Path, help="output directory (default: <run>/samples)")
-    parser.add_argument("--sampler", choices=SCHEDULER_NAMES, default="ddim")
+    parser.add_argument("--sampler", choices=SCHEDULER_NAMES + FLOW_SAMPLERS, default=None,
+                        help="default: ddim for a DDPM model, euler for a flow-matching one")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--guidance", type=float, nargs="+", default=[2.0], help="classifier-free guidance scale(s)")
     parser.add_argument("--per-class", type=int, default=10, help="grid columns (samples per class); 0: no grid")
     parser.add_argument("--evaluate", type=int, default=0, metavar="N", help="score N samples per guidance scale")
     parser.add_argument("--table", type=int, default=0, metavar="N", help="sampler table with N samples per row")
-    parser.add_argument("--settings", type=_setting, nargs="+", default=list(SAMPLER_SETTINGS), metavar="SAMPLER:STEPS",
-                        help="the table's rows (default: " + " ".join(f"{s}:{n}" for s, n in SAMPLER_SETTINGS) + ")")
+    parser.add_argument("--settings", type=_setting, nargs="+", default=None, metavar="SAMPLER:STEPS",
+                        help="the table's rows (default: " + " ".join(f"{s}:{n}" for s, n in SAMPLER_SETTINGS)
+                        + "; for a flow-matching model " + " ".join(f"{s}:{n}" for s, n in FLOW_SAMPLER_SETTINGS) + ")")
     parser.add_argument("--dataset", default="fashion_mnist", help="real images to score against")
     parser.add_argument("--classifier-dir", type=Path, default=Path("data/classifiers"))
     parser.add_argument("--batch-size", type=int, default=125, help="images per sampling batch (x2 with guidance)")
@@ -78,6 +84,9 @@ def main(argv: list[str] | None = None) -> None:
     model_dir = args.model / MODEL_DIR if (args.model / MODEL_DIR).is_dir() else args.model
     out = args.out or (model_dir.parent / "samples")
     model = ImageDiffusionModel.load(model_dir, resolve_device(args.device))
+    flow = model.config.objective == "flow"
+    args.sampler = args.sampler or samplers_for(model.config.objective)[0]
+    args.settings = args.settings or list(FLOW_SAMPLER_SETTINGS if flow else SAMPLER_SETTINGS)
     size = model.config.image_size
     if args.per_class and model.config.num_classes is not None:
         labels = torch.arange(model.config.num_classes, device=model.device).repeat_interleave(args.per_class)

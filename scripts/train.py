@@ -1,6 +1,6 @@
 """Train a policy: `python scripts/train.py task=pusht [policy=diffusion_unet_small] [training=pusht_demo]`.
 
-A task must be named; the policy and training default to the `make demo` recipe (about 18 minutes
+A task must be named; the policy and training default to the `make demo` recipe (9-18 minutes
 on 2 CPU cores). Every option can be overridden on the command line (e.g. `training.max_steps=2000
 policy.horizon=32`); `--cfg job` prints the composed config, `--hydra-help` hydra's own options.
 The run directory holds the resolved config, checkpoints, metrics and the final `policy/` directory,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -77,3 +78,40 @@ def test_plain_policy_directory_needs_env_and_writes_where_asked(tmp_path):
 def test_missing_policy_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match=f"{tmp_path} is neither a policy directory"):
         eval_script.resolve_policy_dir(tmp_path)
+
+
+def test_compare_policies_computes_fisher_against_the_first(tmp_path):
+    spec = importlib.util.spec_from_file_location("compare_policies", ROOT / "scripts" / "compare_policies.py")
+    compare_policies = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare_policies)
+    seeds = list(range(100, 120))
+
+    def result(wins: int, seed_list=seeds) -> EvalResult:
+        return EvalResult("E-v0", seed_list, [0.5] * 20, [i < wins for i in range(20)], [10] * 20, 1.0)
+
+    for name, wins in (("a", 15), ("b", 5)):
+        result(wins).to_json(tmp_path / f"{name}.json")
+    out = tmp_path / "cmp.json"
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "compare_policies.py"), "--out", str(out),
+                           f"ddpm={tmp_path / 'a.json'}", f"flow={tmp_path / 'b.json'}"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    flow = report["policies"]["flow"]
+    # 15/20 against 5/20: p = 0.0038475 (scipy.stats.fisher_exact([[15, 5], [5, 15]])).
+    assert flow["fisher_p_vs_first"] == pytest.approx(0.0038475, abs=1e-7) and flow["significant"]
+    assert report["policies"]["ddpm"]["successes"] == 15 and "fisher_p_vs_first" not in report["policies"]["ddpm"]
+    with pytest.raises(ValueError, match="evaluate both on the same seeds"):
+        compare_policies.compare({"a": result(3), "b": result(3, list(range(20)))})
+
+
+def test_steps_option_changes_the_sampling_and_is_checked(run_dir, monkeypatch):
+    calls = []
+    original = eval_script.evaluate_policy
+    monkeypatch.setattr(eval_script, "evaluate_policy",
+                        lambda policy, *a, **k: calls.append(policy.config.num_inference_steps) or original(policy, *a,
+                                                                                                           **k))
+    eval_script.main(["--policy", str(run_dir), *FAST, "--videos", "0", "--steps", "3", "--out", str(run_dir / "e")])
+    assert calls == [3]
+    with pytest.raises(ValueError, match=r"num_inference_steps=0 must be in \[1, num_train_timesteps="):
+        eval_script.main(["--policy", str(run_dir), *FAST, "--videos", "0", "--steps", "0"])

@@ -13,6 +13,8 @@ from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 from torch import Tensor
 
+from diffusion_policy.core.flow import FLOW_SAMPLERS, FlowMatchScheduler
+
 SCHEDULER_NAMES = ("ddpm", "ddim", "dpmsolver++")
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 # The schedules all three diffusers classes implement identically.
@@ -21,7 +23,8 @@ BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 
 @runtime_checkable
 class SchedulerLike(Protocol):
-    """The part of a diffusers scheduler the core relies on.
+    """The part of a scheduler the sampling loop relies on (diffusers' schedulers, and
+    :class:`~diffusion_policy.core.flow.FlowMatchScheduler` for flow matching).
 
     ``add_noise(x0 (B, ...), noise (B, ...), t (B,)) -> x_t (B, ...)`` and
     ``step(model_out (B, ...), t, x_t (B, ...), generator=...)`` returning an object whose
@@ -29,7 +32,6 @@ class SchedulerLike(Protocol):
     """
 
     timesteps: Tensor
-    alphas_cumprod: Tensor
 
     def set_timesteps(self, num_inference_steps: int, device: Any = None) -> None: ...
 
@@ -87,6 +89,14 @@ class ClippedDDIMScheduler(DDIMScheduler):
         return super().step(model_output, timestep, sample, eta=eta,
                             use_clipped_model_output=use_clipped_model_output, generator=generator,
                             variance_noise=variance_noise, return_dict=return_dict)
+
+
+def make_sampler(name: str, config: SchedulerConfig) -> SchedulerLike:
+    """The inference sampler ``name``: a DDPM-family scheduler (:data:`SCHEDULER_NAMES`) over
+    ``config``'s noise schedule, or a flow-matching ODE sampler (:data:`FLOW_SAMPLERS`)."""
+    if name in FLOW_SAMPLERS:
+        return FlowMatchScheduler(name, clip_sample=config.clip_sample)
+    return make_scheduler(name, config)
 
 
 def make_scheduler(name: str, config: SchedulerConfig) -> SchedulerLike:

@@ -18,9 +18,10 @@ from torch import Tensor, nn
 
 from diffusion_policy.core.artifact import config_from, read_artifact, save_artifact
 from diffusion_policy.core.checkpoint import load_tensors
+from diffusion_policy.core.flow import FlowConfig
 from diffusion_policy.core.sampling import classifier_free_guidance, sample
-from diffusion_policy.core.schedulers import SCHEDULER_NAMES, SchedulerConfig, make_scheduler
-from diffusion_policy.core.targets import training_target
+from diffusion_policy.core.schedulers import SchedulerConfig, make_sampler, make_scheduler
+from diffusion_policy.core.targets import check_sampler, denoising_example, samplers_for
 from diffusion_policy.models.diffusers_unet2d import DiffusersUNet2D, DiffusersUNet2DConfig
 from diffusion_policy.models.unet2d import UNet2D, UNet2DConfig
 
@@ -44,10 +45,13 @@ class ImageModelConfig:
     network: str = "ours"
     unet: UNet2DConfig = field(default_factory=UNet2DConfig)
     diffusers_unet: DiffusersUNet2DConfig = field(default_factory=DiffusersUNet2DConfig)
+    objective: str = "ddpm"  # or "flow": flow matching (core/flow.py), sampled by euler / heun
     noise_scheduler: SchedulerConfig = field(default_factory=_image_schedule)
+    flow: FlowConfig = field(default_factory=FlowConfig)
     label_dropout: float = 0.1
 
     def __post_init__(self) -> None:
+        samplers_for(self.objective)  # refuses an unknown objective
         if self.network not in NETWORKS:
             raise ValueError(f"network={self.network!r} is not one of {NETWORKS}")
         if self.image_size < 1 or self.in_channels < 1:
@@ -72,7 +76,8 @@ def build_network(config: ImageModelConfig) -> nn.Module:
 
 
 class ImageDiffusionModel(nn.Module):
-    """DDPM-trained image generator; ``generate`` samples ``(B, C, S, S)`` images in [-1, 1]."""
+    """Image generator trained with DDPM or flow matching (``config.objective``); ``generate`` samples
+    ``(B, C, S, S)`` images in [-1, 1]."""
 
     def __init__(self, config: ImageModelConfig) -> None:
         super().__init__()
@@ -100,10 +105,8 @@ class ImageDiffusionModel(nn.Module):
         if labels is not None and self.config.label_dropout > 0:
             drop = torch.rand(labels.shape, device=labels.device) < self.config.label_dropout
             labels = labels.masked_fill(drop, self.null_label)
-        noise = torch.randn_like(x0)
-        t = torch.randint(0, self.config.noise_scheduler.num_train_timesteps, (x0.shape[0],), device=x0.device)
-        noisy = self.train_scheduler.add_noise(x0, noise, t)
-        target = training_target(self.train_scheduler, x0, noise, t, self.config.noise_scheduler.prediction_type)
+        noisy, t, target = denoising_example(self.config.objective, x0, self.train_scheduler,
+                                             self.config.noise_scheduler, self.config.flow)
         return F.mse_loss(self.network(noisy, t, labels), target)
 
     def _labels(self, labels: Tensor | None, batch: int) -> Tensor | None:
@@ -125,7 +128,7 @@ class ImageDiffusionModel(nn.Module):
         labels: Tensor | None = None,
         *,
         num_samples: int | None = None,
-        sampler: str = "ddim",
+        sampler: str | None = None,
         steps: int = 50,
         guidance_scale: float = 2.0,
         generator: torch.Generator | None = None,
@@ -136,13 +139,14 @@ class ImageDiffusionModel(nn.Module):
         Args:
             labels: classes ``(B,)`` for a conditional model (the null label samples unconditionally).
             num_samples: B for an unconditional model (``labels`` None).
-            sampler: a core scheduler name (``ddpm``, ``ddim``, ``dpmsolver++``) over the training schedule.
+            sampler: ``ddim`` (default), ``ddpm`` or ``dpmsolver++`` over the training schedule for a DDPM
+                model; ``euler`` (default) or ``heun`` for a flow model.
             steps: denoising steps.
             guidance_scale: classifier-free guidance scale (1 = conditional, no guidance).
             generator, noise: reproducibility, as in :func:`~diffusion_policy.core.sampling.sample`.
         """
-        if sampler not in SCHEDULER_NAMES:
-            raise ValueError(f"unknown {sampler=}; valid: {SCHEDULER_NAMES}")
+        sampler = sampler or samplers_for(self.config.objective)[0]
+        check_sampler(self.config.objective, sampler, steps, self.config.noise_scheduler)
         if labels is None and num_samples is None:
             raise ValueError("pass labels (conditional model) or num_samples (unconditional model)")
         batch = labels.shape[0] if labels is not None else num_samples
@@ -154,7 +158,7 @@ class ImageDiffusionModel(nn.Module):
                 lambda x, t, c: self.network(x, t.to(x.device), c), labels,
                 torch.full_like(labels, self.null_label), guidance_scale)
         size, channels = self.config.image_size, self.config.in_channels
-        x = sample(denoiser, make_scheduler(sampler, self.config.noise_scheduler), steps,
+        x = sample(denoiser, make_sampler(sampler, self.config.noise_scheduler), steps,
                    shape=None if noise is not None else (batch, channels, size, size), noise=noise,
                    generator=generator, device=self.device)
         return x.clamp(-1.0, 1.0)

@@ -179,7 +179,7 @@ class FrozenUnet1D:
                 for part, block in zip(step_part, self.blocks)]
 
     def _step_film(self, timesteps: Tensor) -> list[Tensor]:
-        key = tuple(int(t) for t in timesteps.reshape(-1).tolist())
+        key = tuple(timesteps.reshape(-1).tolist())  # ints for DDPM steps, floats for flow times
         if key not in self._step_cache:
             device = self.final[1].weight.device
             features = self._step_embedding(torch.tensor(key, device=device))

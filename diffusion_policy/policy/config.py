@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from diffusion_policy.core.schedulers import SCHEDULER_NAMES, SchedulerConfig
+from diffusion_policy.core.flow import FlowConfig
+from diffusion_policy.core.schedulers import SchedulerConfig
+from diffusion_policy.core.targets import check_sampler, samplers_for
 from diffusion_policy.data.images import image_shape_problem, is_image_shape
 from diffusion_policy.data.obs_mapping import ObsMapping
 from diffusion_policy.models.unet1d import UNet1DConfig
@@ -85,7 +87,12 @@ class PolicyConfig:
 
 @dataclass
 class DiffusionPolicyConfig(PolicyConfig):
-    """A conditional 1-D U-Net denoising action chunks; trained with DDPM, sampled with any scheduler.
+    """A conditional 1-D U-Net denoising action chunks.
+
+    objective: ``ddpm`` (noise prediction on ``noise_scheduler``'s schedule; sampled by ``ddpm``,
+    ``ddim`` (default) or ``dpmsolver++``) or ``flow`` (flow matching, ``core/flow.py``: velocity on the
+    straight path ``x_t = (1 - t) x0 + t noise``, t drawn as ``flow.time_sampling`` says; sampled by
+    ``euler`` (default) or ``heun`` with any ``num_inference_steps``). A saved policy records both.
 
     prefix_training_max: training-time real-time chunking (after Black, Ren, Equi and Levine 2025,
     "Training-Time Action Conditioning for Efficient Real-Time Chunking", arXiv 2512.05964). Each
@@ -96,8 +103,10 @@ class DiffusionPolicyConfig(PolicyConfig):
     """
 
     network: UNet1DConfig = field(default_factory=UNet1DConfig)
+    objective: str = "ddpm"
     noise_scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
-    inference_scheduler: str = "ddim"
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    inference_scheduler: str | None = None
     num_inference_steps: int = 10
     prefix_training_max: int = 0
 
@@ -111,13 +120,9 @@ class DiffusionPolicyConfig(PolicyConfig):
             )
         if not 0 <= self.prefix_training_max < self.horizon:
             raise ValueError(f"prefix_training_max={self.prefix_training_max} must be in [0, horizon={self.horizon})")
-        if self.inference_scheduler not in SCHEDULER_NAMES:
-            raise ValueError(f"inference_scheduler={self.inference_scheduler!r} is not one of {SCHEDULER_NAMES}")
-        if not 1 <= self.num_inference_steps <= self.noise_scheduler.num_train_timesteps:
-            raise ValueError(
-                f"num_inference_steps={self.num_inference_steps} must be in "
-                f"[1, num_train_timesteps={self.noise_scheduler.num_train_timesteps}]"
-            )
+        if self.inference_scheduler is None:
+            self.inference_scheduler = samplers_for(self.objective)[0]
+        check_sampler(self.objective, self.inference_scheduler, self.num_inference_steps, self.noise_scheduler)
 
 
 @dataclass

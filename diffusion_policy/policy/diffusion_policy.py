@@ -12,8 +12,8 @@ from diffusers import DDIMScheduler
 from diffusion_policy.core.cpu_features import fast_dtype
 from diffusion_policy.core.ddim_plan import DDIMPlan
 from diffusion_policy.core.sampling import sample
-from diffusion_policy.core.schedulers import make_scheduler
-from diffusion_policy.core.targets import training_target
+from diffusion_policy.core.schedulers import make_sampler, make_scheduler
+from diffusion_policy.core.targets import denoising_example
 from diffusion_policy.data.normalizer import Normalizer
 from diffusion_policy.models.unet1d import ConditionalUnet1D
 from diffusion_policy.models.unet1d_frozen import FrozenUnet1D
@@ -27,9 +27,11 @@ INFERENCE_MODES = ("auto", "eager", "fast")
 class DiffusionPolicy(BasePolicy):
     """Predicts an action chunk `(B, T, Da)` by denoising Gaussian noise conditioned on `To` observations.
 
-    Training (DDPM): noise a normalised chunk to a random step `t`, regress the network's output on
-    the target of `prediction_type`. Inference: `num_inference_steps` of `inference_scheduler`
-    (DDIM by default) over the same noise schedule.
+    Training (`objective="ddpm"`): noise a normalised chunk to a random step `t`, regress the network's
+    output on the target of `prediction_type`; inference: `num_inference_steps` of `inference_scheduler`
+    (DDIM by default) over the same noise schedule. With `objective="flow"` (flow matching,
+    `core/flow.py`) the network regresses the velocity of the straight noise-to-data path and the chunk
+    is integrated by Euler (default) or Heun steps, on either path below.
 
     `inference` picks how chunks are sampled: `"eager"` runs the network as trained (float32);
     `"fast"` runs a :class:`FrozenUnet1D` snapshot (bf16 on CUDA and on CPUs with native bf16, float32
@@ -52,7 +54,7 @@ class DiffusionPolicy(BasePolicy):
         self.network = ConditionalUnet1D(config.action_dim, self.obs_encoder.output_dim, config.network,
                                          input_dim=config.action_dim + held_channel)
         self.train_scheduler = make_scheduler("ddpm", config.noise_scheduler)
-        self.inference_scheduler = make_scheduler(config.inference_scheduler, config.noise_scheduler)
+        self.inference_scheduler = make_sampler(config.inference_scheduler, config.noise_scheduler)
         self.inference = "auto"
         self.snapshot_dtype: torch.dtype | None = None  # the fast path's weight dtype; None: `fast_dtype`
         self._frozen: tuple[tuple, FrozenUnet1D] | None = None
@@ -84,11 +86,8 @@ class DiffusionPolicy(BasePolicy):
         """batch `{"obs": {key: (B, To, ...)}, "action": (B, T, Da)}` -> scalar denoising loss."""
         cond = self.condition(batch["obs"])
         action = self.normalizer.normalize("action", batch["action"])
-        noise = torch.randn_like(action)
-        steps = self.config.noise_scheduler.num_train_timesteps
-        t = torch.randint(0, steps, (action.shape[0],), device=action.device)
-        noisy = self.train_scheduler.add_noise(action, noise, t)
-        target = training_target(self.train_scheduler, action, noise, t, self.config.noise_scheduler.prediction_type)
+        noisy, t, target = denoising_example(self.config.objective, action, self.train_scheduler,
+                                             self.config.noise_scheduler, self.config.flow)
         if not self.config.prefix_training_max:
             return F.mse_loss(self.network(noisy, t, cond), target)
         # Training-time real-time chunking: the first d actions stay clean and marked, and carry no loss.
