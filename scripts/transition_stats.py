@@ -27,9 +27,9 @@ def group_of(row: dict) -> tuple:
 def add_statistics(rows: dict[str, dict]) -> dict[str, dict]:
     """`rows` with the statistics added to every row that has per-episode `successes`."""
     live = {name: row for name, row in rows.items() if isinstance(row.get("successes"), list)}
-    for name, row in live.items():
-        if not row["successes"]:
-            raise ValueError(f"row {name!r} has no episodes")
+    empty = [name for name, row in live.items() if not row["successes"]]
+    if empty:
+        raise ValueError(f"rows {empty} have no episodes")
     baselines = {group_of(row): row for name, row in live.items() if name.endswith("/replace")}
     for name, row in live.items():
         wins, n = sum(map(bool, row["successes"])), len(row["successes"])
