@@ -31,7 +31,7 @@ def add_statistics(rows: dict[str, dict]) -> dict[str, dict]:
     if empty:
         raise ValueError(f"rows {empty} have no episodes")
     baselines = {group_of(row): row for name, row in live.items() if name.endswith("/replace")}
-    for name, row in live.items():
+    for row in live.values():
         wins, n = sum(map(bool, row["successes"])), len(row["successes"])
         row["n_successes"], row["n_episodes"] = wins, n
         row["success_wilson95"] = list(wilson_interval(wins, n))
