@@ -28,6 +28,10 @@ float32, as the original code and LeRobot run it.
     python scripts/benchmark.py --cases ddim10_chunk_b4096_small_net
     ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python scripts/benchmark.py \
         --cases ddim10_chunk_b4096_small_net --out benchmarks/cpu_avx2_emulated_ddim10_chunk_b4096_small_net.json
+- `ddim10_chunk_batch_sweep`: eager against `inference="fast"` at batches 1 to 4096 (small network) and
+  1 to 1024 (the 65.8M one), the measurement behind `inference="auto"`'s batch limit:
+
+    python scripts/benchmark.py --cases ddim10_chunk_batch_sweep
 - `train_step_b64`, `train_step_b256`: loss + backward + gradient clipping + AdamW, eager (fp32,
   foreach AdamW, `clip_grad_norm_`) vs fast (the trainer with `mixed_precision=bf16`: bf16 autocast
   over the GEMM convolutions, `FusedAdamW` with the clipping folded in); samples/s. A third path,
@@ -199,6 +203,22 @@ def training_step(policy: nn.Module, batch: dict, device: torch.device, fused: b
     return step
 
 
+SWEEP_BATCHES = {(32, 64, 128): (1, 16, 64, 256, 1024, 4096), (256, 512, 1024): (1, 16, 64, 256, 1024)}
+
+
+def chunk_batch_sweep(device: torch.device, reps: int, sync) -> dict:
+    """Eager against the fast path (as this CPU gets it) for growing batches, for the `make demo` and the
+    paper's state network: where the fast path stops paying, `inference="auto"` must take eager."""
+    results: dict = {}
+    for down_dims, batches in SWEEP_BATCHES.items():
+        for batch in batches:
+            case = chunk_case(down_dims, STATE_OBS_DIM, device, reps if batch < 1024 else 2, sync, batch,
+                              forced_bf16=False)
+            results[f"{list(down_dims)}_b{batch}"] = {k: case[k] for k in ("eager", "fast", "ratio", "fast_dtype")}
+            print(f"{list(down_dims)} batch {batch}: eager / fast {case['ratio']:.2f}", flush=True)
+    return results
+
+
 def train_case(batch_size: int, device: torch.device, reps: int, sync) -> dict:
     """One optimisation step: plain fp32 + foreach AdamW vs the trainer's bf16 + FusedAdamW recipe."""
     dataset = synthetic_dataset(STATE_OBS_DIM)
@@ -336,6 +356,7 @@ def run(quick: bool, device: torch.device, cases: list[str]) -> dict:
         "ddim10_chunk_b1_image_net": lambda: chunk_case(IMAGE_NET, IMAGE_OBS_DIM, device, max(3, reps // 4), sync),
         "ddim10_chunk_b4096_small_net": lambda: chunk_case((32, 64, 128), STATE_OBS_DIM, device, 2, sync, 4096,
                                                            forced_bf16=native_bf16()),
+        "ddim10_chunk_batch_sweep": lambda: chunk_batch_sweep(device, max(3, reps // 6), sync),
         "train_step_b64": lambda: train_case(64, device, max(3, reps // 3), sync),
         "train_step_b256": lambda: train_case(256, device, max(2, reps // 8), sync),
         "ema_update": lambda: ema_case(device, max(3, reps // 3), sync),

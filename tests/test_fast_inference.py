@@ -194,3 +194,19 @@ def test_native_bf16_is_off_for_an_avx2_build_of_aten():
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "ATEN_CPU_CAPABILITY": "avx2"},
                          capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "torch.float32"]
+
+
+def test_auto_leaves_the_fast_path_for_batches_past_its_measured_limit(monkeypatch):
+    torch.manual_seed(0)
+    policy = DiffusionPolicy(small_config(), normalizer()).eval()  # horizon 8, first level 16 channels
+    limit = policy_module.AUTO_FAST_ROWS_PER_CHANNEL * 16 // 8
+    assert policy.uses_fast_inference(limit) and not policy.uses_fast_inference(limit + 1)
+    policy.inference = "fast"
+    assert policy.uses_fast_inference(limit + 1)
+    monkeypatch.setattr(policy_module, "AUTO_FAST_ROWS_PER_CHANNEL", 1)  # every batch past the limit
+    obs, noise = observation(batch=3), torch.randn(3, 8, 2, generator=torch.Generator().manual_seed(2))
+    chunks = {}
+    for mode in ("auto", "eager", "fast"):
+        policy.inference = mode
+        chunks[mode] = policy.predict_action(obs, noise=noise)["action_pred"]
+    assert torch.equal(chunks["auto"], chunks["eager"]) and not torch.equal(chunks["auto"], chunks["fast"])

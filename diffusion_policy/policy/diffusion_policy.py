@@ -22,6 +22,11 @@ from diffusion_policy.policy.config import DiffusionPolicyConfig
 from diffusion_policy.policy.graphed_chunk import GraphedChunk
 
 INFERENCE_MODES = ("auto", "eager", "fast")
+# Measured on the AMX Xeon (benchmarks/cpu_ddim10_chunk_batch_sweep.json): the [32, 64, 128] network's
+# fast chunk was 1.21x eager at batch 256, 1.01x at 1024 and 0.79x at 4096 (horizon 16); the 65.8M
+# [256, 512, 1024] one still 1.37x at 1024. 512 rows per first-level channel keeps both on the side
+# where the fast path was measured not slower.
+AUTO_FAST_ROWS_PER_CHANNEL = 512
 
 
 class DiffusionPolicy(BasePolicy):
@@ -39,8 +44,11 @@ class DiffusionPolicy(BasePolicy):
     conditioning hoisted out of the loop and, for DDIM, the precomputed in-place :class:`DDIMPlan` (on
     CUDA the whole chunk replays as one :class:`GraphedChunk` CUDA graph, unless inpainting);
     `"auto"` (default) is fast on CPU,
-    where it was measured (actions within ~1% of eager, closed-loop Push-T success unchanged), and
-    eager elsewhere. The snapshot is retaken whenever a weight changes. A held prefix (real-time
+    where it was measured (actions within ~1% of eager, closed-loop Push-T success unchanged), up to
+    `AUTO_FAST_ROWS_PER_CHANNEL` rows (batch x horizon) per channel of the first U-Net level, and
+    eager elsewhere: past that the fast path's im2col GEMMs lose to PyTorch's own convolutions
+    (`scripts/benchmark.py --cases ddim10_chunk_batch_sweep`). The choice depends only on the shapes,
+    so a seed gives the same actions every run. The snapshot is retaken whenever a weight changes. A held prefix (real-time
     chunking) is inpainted on either path, or guided through the float32 network (`guidance`); a
     policy trained with `prefix_training_max` also reads it as clean, marked input rows.
     """
@@ -70,9 +78,12 @@ class DiffusionPolicy(BasePolicy):
         # Copies (EMA, checkpoints) get their own snapshot when they first sample.
         return {**self.__dict__, "_frozen": None, "_graphed": None}
 
-    def uses_fast_inference(self) -> bool:
-        """Whether `predict_action` takes the fast path (see the class docstring)."""
-        return self.inference == "fast" or (self.inference == "auto" and self.device.type == "cpu")
+    def uses_fast_inference(self, batch: int = 1) -> bool:
+        """Whether `predict_action` takes the fast path for `batch` observations (see the class docstring)."""
+        if self.inference != "auto":
+            return self.inference == "fast"
+        rows = batch * self.config.horizon
+        return self.device.type == "cpu" and rows <= AUTO_FAST_ROWS_PER_CHANNEL * self.config.network.down_dims[0]
 
     def frozen_network(self) -> FrozenUnet1D:
         """The snapshot of the network in `fast_dtype`, retaken when any weight changed (in place or replaced)."""
@@ -122,7 +133,7 @@ class DiffusionPolicy(BasePolicy):
         Inpainting by default; with `guidance` (the clip of the guidance weight), pseudoinverse
         guidance through the float32 network (`DDIMPlan.sample_guided`), which needs DDIM.
         """
-        if guidance is None and not self.uses_fast_inference():
+        if guidance is None and not self.uses_fast_inference(cond.shape[0]):
             return sample(
                 lambda x, t: self.network(self._network_input(x, known, known_mask), t, cond),
                 self.inference_scheduler,
