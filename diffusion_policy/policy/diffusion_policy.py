@@ -49,8 +49,9 @@ class DiffusionPolicy(BasePolicy):
     eager elsewhere: past that the fast path's im2col GEMMs lose to PyTorch's own convolutions
     (`scripts/benchmark.py --cases ddim10_chunk_batch_sweep`). The choice depends only on the shapes,
     so a seed gives the same actions every run. The snapshot is retaken whenever a weight changes.
-    A held prefix (real-time chunking) is inpainted on either path, or guided through the float32 network (`guidance`); a
-    policy trained with `prefix_training_max` also reads it as clean, marked input rows.
+    A held prefix (real-time chunking) is inpainted on either path, or guided through the float32
+    network (`guidance`); a policy trained with `prefix_training_max` also reads it as clean, marked
+    input rows.
     """
 
     kind = "diffusion"
