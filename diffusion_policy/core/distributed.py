@@ -106,6 +106,8 @@ def broadcast_from_main(value: Any, context: DistributedContext) -> Any:
 
 
 def shutdown(context: DistributedContext) -> None:
-    """Leave the process group (every rank, at the end of training)."""
+    """Leave the process group (every rank, at the end of training), together: the barrier keeps a rank
+    from tearing down its connections while another still uses them (seen as a gloo abort at exit)."""
     if context.enabled and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()

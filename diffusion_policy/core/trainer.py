@@ -235,14 +235,17 @@ class Trainer:
         # Fused AdamW: one kernel over all parameters instead of ~10 passes of foreach ops, gradient
         # clipping folded into it (CPU and CUDA).
         self.fused_optimizer = config.fused_optimizer and self.device.type in ("cpu", "cuda")
+        # A model may split its parameters into groups (e.g. no weight decay on norms and biases).
+        groups = getattr(self.model, "parameter_groups", None)
+        params = groups(config.weight_decay) if callable(groups) else self.model.parameters()
         if self.fused_optimizer:
             self.optimizer: torch.optim.AdamW = FusedAdamW(
-                self.model.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay,
+                params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay,
                 max_grad_norm=config.grad_clip_norm,
             )
         else:
             self.optimizer = torch.optim.AdamW(
-                self.model.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
+                params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
             )
         # The schedule reads `self.max_steps` at every step: a time budget may still change it.
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(

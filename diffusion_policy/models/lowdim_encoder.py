@@ -27,6 +27,10 @@ class LowDimObsEncoder(nn.Module):
     def output_dim(self) -> int:
         return self.n_obs_steps * sum(math.prod(shape) for shape in self.obs_shapes.values())
 
+    def key_dims(self) -> list[int]:
+        """Numbers per step of each key, in the order of the output."""
+        return [math.prod(shape) for shape in self.obs_shapes.values()]
+
     def forward(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         batch = next(iter(obs.values())).shape[0]
         return torch.cat([obs[k].reshape(batch, -1) for k in self.obs_shapes], dim=-1)

@@ -10,6 +10,7 @@ from diffusion_policy.core.schedulers import SchedulerConfig
 from diffusion_policy.core.targets import check_sampler, samplers_for
 from diffusion_policy.data.images import image_shape_problem, is_image_shape
 from diffusion_policy.data.obs_mapping import ObsMapping
+from diffusion_policy.models.transformer1d import TransformerConfig
 from diffusion_policy.models.unet1d import UNet1DConfig
 from diffusion_policy.models.vision_encoder import VisionConfig
 
@@ -85,10 +86,15 @@ class PolicyConfig:
         return ObsMapping.of_policy(self.obs_shapes, self.action_dim, self.obs_mapping)
 
 
+DENOISERS = ("unet", "transformer")
+
+
 @dataclass
 class DiffusionPolicyConfig(PolicyConfig):
     """A conditional 1-D U-Net denoising action chunks.
 
+    denoiser: ``unet`` (the conditional 1-D U-Net, ``network``) or ``transformer`` (DP-T,
+    ``transformer``: low-dim observations only; sampled on the eager path).
     objective: ``ddpm`` (noise prediction on ``noise_scheduler``'s schedule; sampled by ``ddpm``,
     ``ddim`` (default) or ``dpmsolver++``) or ``flow`` (flow matching, ``core/flow.py``: velocity on the
     straight path ``x_t = (1 - t) x0 + t noise``, t drawn as ``flow.time_sampling`` says; sampled by
@@ -103,6 +109,8 @@ class DiffusionPolicyConfig(PolicyConfig):
     """
 
     network: UNet1DConfig = field(default_factory=UNet1DConfig)
+    denoiser: str = "unet"
+    transformer: TransformerConfig = field(default_factory=TransformerConfig)
     objective: str = "ddpm"
     noise_scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
@@ -112,7 +120,9 @@ class DiffusionPolicyConfig(PolicyConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        multiple = 2 ** (len(self.network.down_dims) - 1)
+        if self.denoiser not in DENOISERS:
+            raise ValueError(f"denoiser={self.denoiser!r} is not one of {DENOISERS}")
+        multiple = 2 ** (len(self.network.down_dims) - 1) if self.denoiser == "unet" else 1
         if self.horizon % multiple:
             raise ValueError(
                 f"horizon={self.horizon} must be divisible by 2**(len(down_dims)-1) = {multiple} "

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler
+from torch import nn
 
 from diffusion_policy.core.cpu_features import fast_dtype
 from diffusion_policy.core.ddim_plan import DDIMPlan
@@ -15,6 +16,7 @@ from diffusion_policy.core.sampling import sample
 from diffusion_policy.core.schedulers import make_sampler, make_scheduler
 from diffusion_policy.core.targets import denoising_example
 from diffusion_policy.data.normalizer import Normalizer
+from diffusion_policy.models.transformer1d import TransformerDenoiser
 from diffusion_policy.models.unet1d import ConditionalUnet1D
 from diffusion_policy.models.unet1d_frozen import FrozenUnet1D
 from diffusion_policy.policy.base import BasePolicy
@@ -60,8 +62,17 @@ class DiffusionPolicy(BasePolicy):
     def __init__(self, config: DiffusionPolicyConfig, normalizer: Normalizer):
         super().__init__(config, normalizer)
         held_channel = 1 if config.prefix_training_max else 0
-        self.network = ConditionalUnet1D(config.action_dim, self.obs_encoder.output_dim, config.network,
-                                         input_dim=config.action_dim + held_channel)
+        if config.denoiser == "transformer":
+            if self._image_keys:
+                raise ValueError(f"denoiser='transformer' takes low-dim observations; {self._image_keys} are "
+                                 f"images (use denoiser='unet')")
+            self.network: nn.Module = StepTokenDenoiser(
+                self.obs_encoder.key_dims(), config.n_obs_steps,
+                TransformerDenoiser(config.action_dim + held_channel, config.action_dim, config.horizon,
+                                    config.n_obs_steps, sum(self.obs_encoder.key_dims()), config.transformer))
+        else:
+            self.network = ConditionalUnet1D(config.action_dim, self.obs_encoder.output_dim, config.network,
+                                             input_dim=config.action_dim + held_channel)
         self.train_scheduler = make_scheduler("ddpm", config.noise_scheduler)
         self.inference_scheduler = make_sampler(config.inference_scheduler, config.noise_scheduler)
         self.inference = "auto"
@@ -73,7 +84,17 @@ class DiffusionPolicy(BasePolicy):
     def __setattr__(self, name: str, value: Any) -> None:
         if name == "inference" and value not in INFERENCE_MODES:
             raise ValueError(f"inference={value!r} is not one of {INFERENCE_MODES}")
+        if name == "inference" and value == "fast" and self.config.denoiser != "unet":
+            raise ValueError(f"inference='fast' needs the U-Net denoiser; this policy's is "
+                             f"{self.config.denoiser!r} (use 'auto' or 'eager')")
         super().__setattr__(name, value)
+
+    def parameter_groups(self, weight_decay: float) -> list[dict]:
+        """The optimizer's parameter groups: the transformer's recipe (no decay on biases, norms and
+        embeddings), or one group for the U-Net."""
+        if isinstance(self.network, StepTokenDenoiser):
+            return self.network.denoiser.parameter_groups(weight_decay)
+        return [{"params": list(self.parameters()), "weight_decay": weight_decay}]
 
     def __getstate__(self) -> dict[str, Any]:
         # Copies (EMA, checkpoints) get their own snapshot when they first sample.
@@ -81,6 +102,8 @@ class DiffusionPolicy(BasePolicy):
 
     def uses_fast_inference(self, batch: int = 1) -> bool:
         """Whether `predict_action` takes the fast path for `batch` observations (see the class docstring)."""
+        if self.config.denoiser != "unet":
+            return False
         if self.inference != "auto":
             return self.inference == "fast"
         rows = batch * self.config.horizon
@@ -211,3 +234,20 @@ class DiffusionPolicy(BasePolicy):
             self._graphed = (key, GraphedChunk(frozen, self._ddim_plan, tuple(noise.shape), cond.shape[-1],
                                                cond.device))
         return self._graphed[1](cond_in, noise)
+
+
+class StepTokenDenoiser(nn.Module):
+    """The denoiser interface of the U-Net, ``(x (B, T, Din), t, cond (B, Dc)) -> (B, T, Da)``, over a
+    denoiser that reads one token per observation step: the key-major global condition of
+    :class:`~diffusion_policy.models.lowdim_encoder.LowDimObsEncoder` (each key's ``To`` frames in turn)
+    regrouped into ``(B, To, sum of key sizes)``."""
+
+    def __init__(self, key_dims: list[int], n_obs_steps: int, denoiser: nn.Module):
+        super().__init__()
+        self.key_dims, self.n_obs_steps = list(key_dims), n_obs_steps
+        self.denoiser = denoiser
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor | int, cond: torch.Tensor) -> torch.Tensor:
+        blocks = cond.split([self.n_obs_steps * d for d in self.key_dims], dim=-1)
+        tokens = torch.cat([b.reshape(cond.shape[0], self.n_obs_steps, -1) for b in blocks], dim=-1)
+        return self.denoiser(sample, timestep, tokens)
