@@ -32,6 +32,10 @@ float32, as the original code and LeRobot run it.
   1 to 1024 (the 65.8M one), the measurement behind `inference="auto"`'s batch limit:
 
     python scripts/benchmark.py --cases ddim10_chunk_batch_sweep
+- `families_chunk_b1`: one chunk at batch 1 for each cell of the families study (docs/families.md):
+  the `make demo` U-Net with DDPM + DDIM 10 and flow + Euler 10 / 4 / 1, and the paper's transformer.
+
+    python scripts/benchmark.py --cases families_chunk_b1
 - `train_step_b64`, `train_step_b256`: loss + backward + gradient clipping + AdamW, eager (fp32,
   foreach AdamW, `clip_grad_norm_`) vs fast (the trainer with `mixed_precision=bf16`: bf16 autocast
   over the GEMM convolutions, `FusedAdamW` with the clipping folded in); samples/s. A third path,
@@ -61,6 +65,7 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
+import functools
 import json
 import os
 import platform
@@ -219,6 +224,34 @@ def chunk_batch_sweep(device: torch.device, reps: int, sync) -> dict:
     return results
 
 
+FAMILY_CELLS = {  # name: policy options on top of the `make demo` networks (docs/families.md)
+    "unet_ddpm_ddim10": {},
+    "unet_flow_euler10": {"objective": "flow"},
+    "unet_flow_euler4": {"objective": "flow", "num_inference_steps": 4},
+    "unet_flow_euler1": {"objective": "flow", "num_inference_steps": 1},
+    "transformer_ddpm_ddim10": {"denoiser": "transformer"},
+}
+
+
+def families_chunk_case(device: torch.device, reps: int, sync) -> dict:
+    """Chunk latency at batch 1 of each cell of the families study, `inference="auto"` (the U-Net's fast
+    path on CPU, the transformer's eager one): the `make demo` U-Net [32, 64, 128] and the paper's DP-T."""
+    dataset = synthetic_dataset(STATE_OBS_DIM, n_episodes=20)
+    obs = {"obs": batch_of(dataset, 1, device)["obs"]["obs"]}
+    paths = {}
+    for name, options in FAMILY_CELLS.items():
+        config = DiffusionPolicyConfig(obs_shapes=dataset.obs_shapes, action_dim=ACTION_DIM, horizon=HORIZON,
+                                       n_obs_steps=N_OBS_STEPS, n_action_steps=8,
+                                       network=UNet1DConfig(down_dims=(32, 64, 128), step_embed_dim=32),
+                                       **{"num_inference_steps": 10, **options})
+        torch.manual_seed(0)
+        policy = DiffusionPolicy(config, dataset.fit_normalizer()).to(device).eval()
+        paths[name] = functools.partial(policy.predict_action, obs)
+    result = side_by_side(paths, 2, reps, sync)
+    del result["ratio"]
+    return result
+
+
 def train_case(batch_size: int, device: torch.device, reps: int, sync) -> dict:
     """One optimisation step: plain fp32 + foreach AdamW vs the trainer's bf16 + FusedAdamW recipe."""
     dataset = synthetic_dataset(STATE_OBS_DIM)
@@ -357,6 +390,7 @@ def run(quick: bool, device: torch.device, cases: list[str]) -> dict:
         "ddim10_chunk_b4096_small_net": lambda: chunk_case((32, 64, 128), STATE_OBS_DIM, device, 2, sync, 4096,
                                                            forced_bf16=native_bf16()),
         "ddim10_chunk_batch_sweep": lambda: chunk_batch_sweep(device, max(3, reps // 6), sync),
+        "families_chunk_b1": lambda: families_chunk_case(device, reps, sync),
         "train_step_b64": lambda: train_case(64, device, max(3, reps // 3), sync),
         "train_step_b256": lambda: train_case(256, device, max(2, reps // 8), sync),
         "ema_update": lambda: ema_case(device, max(3, reps // 3), sync),
