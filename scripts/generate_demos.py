@@ -18,7 +18,10 @@ import importlib
 import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 
+from diffusion_policy.core.checkpoint import save_json
+from diffusion_policy.core.cpu_features import cpu_model
 from diffusion_policy.data.recorder import RecordingSummary, record_episodes
 from diffusion_policy.data.replay_buffer import ReplayBuffer
 from envs.experts import Expert, make_expert
@@ -40,6 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=1, help="worker processes")
     parser.add_argument("--keep-failures", action="store_true", help="also store unsuccessful episodes")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing store at --out")
+    parser.add_argument("--summary", type=Path, default=None,
+                        help="also write the recording summary (with the mean saved episode length) to this JSON")
     return parser.parse_args(argv)
 
 
@@ -87,8 +92,13 @@ def main(argv: list[str] | None = None) -> RecordingSummary:
         env_kwargs=args.env_kwargs,
     )
     # Kept with the data: the expert's success over every episode run (failures are not saved).
-    buffer.update_attrs({"recording": {**dataclasses.asdict(summary), "env_id": args.env, "seed": args.seed,
-                                       "seconds": time.perf_counter() - start}})
+    recording = {**dataclasses.asdict(summary), "env_id": args.env, "seed": args.seed,
+                 "seconds": time.perf_counter() - start}
+    buffer.update_attrs({"recording": recording})
+    if args.summary is not None:
+        mean_length = summary.steps_saved / summary.episodes_saved if summary.episodes_saved else None
+        save_json({**recording, "env_kwargs": args.env_kwargs, "mean_saved_length": mean_length,
+                   "machine": cpu_model()}, args.summary)
     print(format_summary(summary, args.out))
     return summary
 

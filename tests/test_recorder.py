@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import json
 from pathlib import Path
 
 import gymnasium as gym
@@ -144,7 +145,13 @@ def test_generate_demos_script_writes_store_and_prints_summary(
     assert "episodes saved  3" in printed and "success rate    100.0%" in printed and str(out) in printed
     with pytest.raises(FileExistsError):
         script.main(args)
-    assert script.main([*args, "--overwrite", "--episodes", "2"]).episodes_saved == 2
+    summary = script.main([*args, "--overwrite", "--episodes", "2", "--summary", str(tmp_path / "s.json")])
+    assert summary.episodes_saved == 2
+    recorded = ReplayBuffer.open(out).attrs["recording"]
+    written = json.loads((tmp_path / "s.json").read_text())
+    assert recorded["episodes_run"] == written["episodes_run"] == 2 and recorded["seed"] == written["seed"] == 5
+    assert written["mean_saved_length"] == pytest.approx(ReplayBuffer.open(out).n_steps / 2)
+    assert written["env_id"] == OBSTACLE_AVOID_ID and written["success_rate"] == 1.0
 
 
 def test_generate_demos_script_records_any_policy_and_env_options(tmp_path: Path) -> None:
