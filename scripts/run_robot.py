@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -106,11 +105,16 @@ def open_predictor(args: argparse.Namespace) -> Iterator[ChunkPredictor]:
     server = None
     address = args.server
     if args.spawn_server:
-        address = f"tcp://127.0.0.1:{_free_port()}"
+        # Port "*": the operating system picks a free one when the server binds; the server prints it.
         server = subprocess.Popen([sys.executable, str(Path(__file__).parent / "serve_policy.py"),
-                                   "--policy", str(args.policy), "--address", address,
+                                   "--policy", str(args.policy), "--address", "tcp://127.0.0.1:*",
                                    "--inference", args.inference], stdout=subprocess.PIPE, text=True)
-        server.stdout.readline()  # "serving ... on ..." once the socket is bound
+        line = server.stdout.readline()  # "serving <policy> on <bound address>" once the socket is bound
+        if " on " not in line:
+            server.kill()
+            raise RuntimeError(f"the spawned policy server did not start (it printed {line!r}); run "
+                               f"scripts/serve_policy.py --policy {args.policy} to see why")
+        address = line.rsplit(" on ", 1)[1].strip()
     try:
         keys = ClientKeys(args.client_key, args.server_public_key) if args.client_key is not None else None
         with PolicyClient(address, timeout_s=30.0, keys=keys) as client:
@@ -119,12 +123,6 @@ def open_predictor(args: argparse.Namespace) -> Iterator[ChunkPredictor]:
         if server is not None:
             server.terminate()
             server.wait(10)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_episode(predictor: ChunkPredictor, args: argparse.Namespace, seed: int) -> tuple[RunLog, dict]:
