@@ -16,6 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
+from diffusion_policy.core.cpu_features import cpu_model
 from diffusion_policy.eval.metrics import EvalResult, fisher_exact_p
 
 
@@ -65,6 +66,7 @@ def main() -> None:
             parser.error(f"{name}: {path} does not exist (write it with scripts/eval.py --out DIR)")
     report = compare({name: EvalResult.from_json(path) for name, path in args.evaluations})
     report["sources"] = {name: str(path) for name, path in args.evaluations}
+    report["cpu"] = cpu_model()  # of this machine: run the evaluations on the same one
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     for name, row in report["policies"].items():

@@ -27,7 +27,6 @@ class DistributedContext:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-    backend: str | None = None
 
     @property
     def is_main(self) -> bool:
@@ -73,7 +72,7 @@ def init_distributed(device: torch.device, backend: str = "auto", timeout_s: flo
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend, rank=rank, world_size=world_size,
                                 timeout=datetime.timedelta(seconds=timeout_s))
-    return DistributedContext(rank, world_size, local_rank, backend if world_size > 1 else None)
+    return DistributedContext(rank, world_size, local_rank)
 
 
 def rank_device(device: torch.device, context: DistributedContext) -> torch.device:

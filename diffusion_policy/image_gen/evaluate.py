@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from diffusion_policy.core.targets import samplers_for
 from diffusion_policy.image_gen.classifier import FeatureClassifier, load_or_train_classifier
 from diffusion_policy.image_gen.data import load_image_dataset
 from diffusion_policy.image_gen.metrics import ImageQuality, evaluate_images
@@ -73,6 +74,7 @@ def generate_balanced(
         raise ValueError("generate_balanced needs a class-conditional model")
     if num_samples < 1 or batch_size < 1:
         raise ValueError(f"{num_samples=} and {batch_size=} must be >= 1")
+    sampler = sampler or samplers_for(model.config.objective)[0]  # named in the progress bar
     labels = torch.arange(num_samples) % model.config.num_classes
     generator = torch.Generator(device=model.device).manual_seed(seed)
     images = []
